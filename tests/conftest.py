@@ -1,0 +1,38 @@
+"""Test set-up shared by every test file.
+
+Triton decides between its interpreter and its compiler when a kernel is *defined*, so TRITON_INTERPRET must be
+set before anything imports fastbert.ops. On a machine without CUDA we set it, and the Triton kernels run on CPU
+tensors in the interpreter; with CUDA the kernels are compiled and the GPU-marked tests run too.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (runs on the GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def device():
+    """The device kernel tests run on: CUDA when present, else CPU through the Triton interpreter."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")
