@@ -1,0 +1,688 @@
+"""Fused bidirectional attention with key padding, packed (varlen) batches and in-kernel dropout, in Triton.
+
+FlashAttention-2 style: the [seqlen, seqlen] scores live only in registers, one query block at a time.
+
+    S = scale * Q K^T          (padding keys -> -inf)
+    P = softmax(S)             online: m_j = max(m_{j-1}, rowmax S_j),  l_j = l_{j-1} 2^(m_{j-1} - m_j) + rowsum 2^(S_j - m_j)
+    P~ = P * Z / (1 - p)       Z the Philox keep-mask (p = dropout_p)
+    O = P~ V,                  LSE = m + log l   (fp32, saved for backward)
+
+Backward recomputes P from Q, K and LSE (never stored) and regenerates Z from the saved seed:
+
+    dV = P~^T dO,   dP = (dO V^T) * Z / (1 - p),   dS = P * (dP - delta),   delta = rowsum(dO * O)
+    dQ = scale * dS K,   dK = scale * dS^T Q
+
+It is deterministic: ``_attn_bwd_dq_kernel`` (one program per query block, also computes delta) and
+``_attn_bwd_dkdv_kernel`` (one program per key block) each own their output rows, so there are no atomics.
+
+Layouts (one kernel, a (sequence start, length) abstraction per program):
+
+* padded: q, k, v ``[batch, seqlen, heads, head_dim]`` (any strides with a contiguous last dim, e.g. views of a
+  fused QKV projection) and an HF 0/1 ``attention_mask [batch, seqlen]`` (bool or integer). Any 0/1 pattern
+  works (right or left padding, holes): each program finds the span [first token, last token] of its row and
+  loops over the key blocks of that span only, loading the mask per key block for holes. Padding queries
+  output 0 and get zero gradient.
+* packed: q, k, v ``[total_tokens, heads, head_dim]`` with int32 ``cu_seqlens [batch + 1]`` and ``max_seqlen``;
+  zero-length sequences are allowed.
+
+Dropout: the keep-mask element (b, h, i, j) (query i, key j of sequence b, head h; packed sequences are top-left
+aligned) is lane j % 4 of Philox4x32-10(key=seed, counter=(j // 4, i, b * heads + h, 0)), kept when u >= p. The
+seed is a one-element int64 tensor drawn with ``torch.randint`` on the op's device (``_dropout.draw_seed``), so it
+follows ``torch.manual_seed``, is replayed by activation checkpointing, needs no host sync and is not baked into a
+CUDA graph. ``_attention_with_dropout_mask`` (test hook) returns that keep-mask next to the output.
+"""
+import math
+import weakref
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _backend
+from ._dropout import draw_seed, dropout_scale
+from .reference import attention_ref
+
+LOG2E = 1.4426950408889634
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# dropout counters are 32-bit (query index, key index): fine for any realistic length; the int32 token offsets
+# inside one sequence also bound the sequence length.
+MAX_SEQLEN = 2**31 // 128
+LOG2E_C = tl.constexpr(LOG2E)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _seq_span(MASK, CU_SEQLENS, b, seqlen, stride_mb, stride_ms,
+              IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(tok_start, n_rows, lo, hi) of sequence b.
+
+    tok_start: index of its first row in the token dimension (packed) or 0 (padded); n_rows: rows this sequence owns
+    (packed: its length; padded: seqlen, padding included); [lo, hi): span of its real tokens (keys and queries).
+    """
+    if IS_PACKED:
+        tok_start = tl.load(CU_SEQLENS + b)
+        n_rows = tl.load(CU_SEQLENS + b + 1) - tok_start
+        lo = n_rows * 0
+        hi = n_rows
+    else:
+        tok_start = seqlen * 0
+        n_rows = seqlen + 0
+        lo = seqlen * 0
+        hi = seqlen + 0
+        if HAS_MASK:
+            lo = seqlen + 0
+            hi = seqlen * 0
+            for start in range(0, seqlen, BLOCK_R):
+                offs = start + tl.arange(0, BLOCK_R)
+                keep = tl.load(MASK + b.to(tl.int64) * stride_mb + offs * stride_ms, mask=offs < seqlen, other=0) != 0
+                hi = tl.maximum(hi, tl.max(tl.where(keep, offs + 1, 0), 0))
+                lo = tl.minimum(lo, tl.min(tl.where(keep, offs, seqlen), 0))
+    return tok_start, n_rows, lo, hi
+
+
+@triton.jit
+def _row_is_token(MASK, b, offs, lo, hi, seqlen, stride_mb, stride_ms, HAS_MASK: tl.constexpr):
+    """[BLOCK] bool: is position ``offs`` a real token (inside [lo, hi) and not a mask hole)?"""
+    ok = (offs >= lo) & (offs < hi)
+    if HAS_MASK:
+        ok = ok & (tl.load(MASK + b.to(tl.int64) * stride_mb + offs * stride_ms, mask=ok, other=0) != 0)
+    return ok
+
+
+@triton.jit
+def _dropout_keep(seed, bh, rows, col_start, dropout_p, BLOCK_N: tl.constexpr):
+    """Keep-mask [BLOCK_M, BLOCK_N] for query ``rows`` x keys [col_start, col_start + BLOCK_N) of head-sequence bh.
+
+    One Philox4x32-10 call per 4 neighbouring keys: counter (key // 4, query, bh, 0), lane key % 4.
+    ``col_start`` must be a multiple of 4.
+    """
+    quads = (col_start // 4 + tl.arange(0, BLOCK_N // 4)).to(tl.uint32)  # [BLOCK_N // 4]
+    c0 = quads[None, :] + tl.zeros_like(rows).to(tl.uint32)[:, None]  # [BLOCK_M, BLOCK_N // 4]
+    c1 = rows.to(tl.uint32)[:, None] + tl.zeros_like(quads)[None, :]
+    c2 = tl.zeros_like(c0) + bh.to(tl.uint32)
+    zero = tl.zeros_like(c0)
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, zero)
+    u0 = tl.uint_to_uniform_float(r0)
+    u1 = tl.uint_to_uniform_float(r1)
+    u2 = tl.uint_to_uniform_float(r2)
+    u3 = tl.uint_to_uniform_float(r3)
+    # interleave(interleave(u0, u2), interleave(u1, u3))[..., j] == u_{j % 4}[..., j // 4]
+    u = tl.interleave(tl.interleave(u0, u2), tl.interleave(u1, u3))
+    return u >= dropout_p
+
+
+@triton.jit(do_not_specialize=["seqlen"])
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, MASK, CU_SEQLENS, SEED,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh,
+    stride_mb, stride_ms,
+    seqlen, num_heads, qk_scale, dropout_p, dropout_scale, seq_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program = BLOCK_M query rows of one (sequence b, head h); loops over the key blocks of the span."""
+    start_m = tl.program_id(0) * BLOCK_M
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    tok_start, n_rows, lo, hi = _seq_span(MASK, CU_SEQLENS, b, seqlen, stride_mb, stride_ms, IS_PACKED, HAS_MASK, BLOCK_R)
+    if start_m < n_rows:
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_in = offs_m < n_rows
+        q_tok = _row_is_token(MASK, b, offs_m, lo, hi, seqlen, stride_mb, stride_ms, HAS_MASK)
+
+        tok0 = tok_start.to(tl.int64)
+        b64 = b.to(tl.int64)
+        h64 = h.to(tl.int64)
+        q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + (tok0 + offs_m)[:, None] * stride_qs + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=(offs_m < hi)[:, None], other=0.0)
+        K_base = K + b64 * stride_kb + h64 * stride_kh + tok0 * stride_ks
+        V_base = V + b64 * stride_vb + h64 * stride_vh + tok0 * stride_vs
+        if HAS_DROPOUT:
+            seed = tl.load(SEED)
+            bh = b * num_heads + h
+
+        # A finite start for the running max: a block whose keys are all padding then gives p = 2^-inf = 0 and
+        # alpha = 1 instead of 2^(-inf + inf) = NaN.
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+        # Key blocks covering [lo, hi); none when this query block holds no real token.
+        n_start = (lo // BLOCK_N) * BLOCK_N
+        n_end = tl.where((start_m < hi) & (start_m + BLOCK_M > lo), hi, n_start)
+        for start_n in range(n_start, n_end, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            k_tok = _row_is_token(MASK, b, offs_n, lo, hi, seqlen, stride_mb, stride_ms, HAS_MASK)
+            k = tl.load(K_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            qk = tl.where(k_tok[None, :], qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            p = tl.math.exp2(qk - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            if HAS_DROPOUT:
+                p = tl.where(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
+            v = tl.load(V_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+            m_i = m_new
+
+        # Rows with no real key (only padding queries can have none) and padding queries: O = 0 and LSE = +inf,
+        # so backward recomputes P = 2^(S - inf) = 0 for them: zero gradient, no NaN.
+        has_keys = l_i > 0.0
+        l_safe = tl.where(has_keys, l_i, 1.0)
+        acc = acc * (dropout_scale / l_safe)[:, None]
+        acc = tl.where(q_tok[:, None], acc, 0.0)
+        lse = tl.where(q_tok & has_keys, (m_i + tl.math.log2(l_safe)) / LOG2E_C, float("inf"))
+
+        o_ptrs = O + b64 * stride_ob + h64 * stride_oh + (tok0 + offs_m)[:, None] * stride_os + offs_d[None, :]
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_in[:, None])
+        tl.store(LSE + b64 * stride_lb + h64 * stride_lh + tok0 + offs_m, lse, mask=row_in)
+
+
+
+@triton.jit(do_not_specialize=["seqlen"])
+def _attn_bwd_dq_kernel(
+    Q, K, V, O, DO, LSE, DELTA, DQ, MASK, CU_SEQLENS, SEED,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh,
+    stride_lb, stride_lh,
+    stride_mb, stride_ms,
+    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale, seq_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """delta = rowsum(dO * O) (stored for the dK/dV kernel) and dQ = scale * dS K for BLOCK_M query rows."""
+    start_m = tl.program_id(0) * BLOCK_M
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    tok_start, n_rows, lo, hi = _seq_span(MASK, CU_SEQLENS, b, seqlen, stride_mb, stride_ms, IS_PACKED, HAS_MASK, BLOCK_R)
+    if start_m < n_rows:
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_in = offs_m < n_rows
+        tok0 = tok_start.to(tl.int64)
+        b64 = b.to(tl.int64)
+        h64 = h.to(tl.int64)
+        rows = (tok0 + offs_m)[:, None]
+        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + rows * stride_qs + offs_d[None, :], mask=(offs_m < hi)[:, None], other=0.0)
+        do = tl.load(DO + b64 * stride_dob + h64 * stride_doh + rows * stride_dos + offs_d[None, :], mask=row_in[:, None], other=0.0)
+        o = tl.load(O + b64 * stride_ob + h64 * stride_oh + rows * stride_os + offs_d[None, :], mask=row_in[:, None], other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        lse_off = b64 * stride_lb + h64 * stride_lh + tok0 + offs_m
+        tl.store(DELTA + lse_off, delta, mask=row_in)
+        lse2 = tl.load(LSE + lse_off, mask=row_in, other=float("inf")) * LOG2E_C
+        K_base = K + b64 * stride_kb + h64 * stride_kh + tok0 * stride_ks
+        V_base = V + b64 * stride_vb + h64 * stride_vh + tok0 * stride_vs
+        if HAS_DROPOUT:
+            seed = tl.load(SEED)
+            bh = b * num_heads + h
+
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        n_start = (lo // BLOCK_N) * BLOCK_N
+        n_end = tl.where((start_m < hi) & (start_m + BLOCK_M > lo), hi, n_start)
+        for start_n in range(n_start, n_end, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            k_tok = _row_is_token(MASK, b, offs_n, lo, hi, seqlen, stride_mb, stride_ms, HAS_MASK)
+            k = tl.load(K_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
+            v = tl.load(V_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            p = tl.where(k_tok[None, :], tl.math.exp2(qk * qk_scale - lse2[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            if HAS_DROPOUT:
+                keep = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+                dp = tl.where(keep, dp * dropout_scale, 0.0)
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        dq = dq * softmax_scale
+        tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + rows * stride_dqs + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_in[:, None])
+
+
+@triton.jit(do_not_specialize=["seqlen"])
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, MASK, CU_SEQLENS, SEED,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dkb, stride_dks, stride_dkh,
+    stride_dvb, stride_dvs, stride_dvh,
+    stride_lb, stride_lh,
+    stride_mb, stride_ms,
+    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale, seq_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dV = P~^T dO and dK = scale * dS^T Q for BLOCK_N key rows, looping over the query blocks of the span.
+
+    Works on transposed tiles ([keys, queries]) so both products are plain row-major dots.
+    """
+    start_n = tl.program_id(0) * BLOCK_N
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    tok_start, n_rows, lo, hi = _seq_span(MASK, CU_SEQLENS, b, seqlen, stride_mb, stride_ms, IS_PACKED, HAS_MASK, BLOCK_R)
+    if start_n < n_rows:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_in = offs_n < n_rows
+        k_tok = _row_is_token(MASK, b, offs_n, lo, hi, seqlen, stride_mb, stride_ms, HAS_MASK)
+        tok0 = tok_start.to(tl.int64)
+        b64 = b.to(tl.int64)
+        h64 = h.to(tl.int64)
+        rows = (tok0 + offs_n)[:, None]
+        k = tl.load(K + b64 * stride_kb + h64 * stride_kh + rows * stride_ks + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
+        v = tl.load(V + b64 * stride_vb + h64 * stride_vh + rows * stride_vs + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
+        Q_base = Q + b64 * stride_qb + h64 * stride_qh + tok0 * stride_qs
+        DO_base = DO + b64 * stride_dob + h64 * stride_doh + tok0 * stride_dos
+        L_base = b64 * stride_lb + h64 * stride_lh + tok0
+        if HAS_DROPOUT:
+            seed = tl.load(SEED)
+            bh = b * num_heads + h
+
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        m_start = (lo // BLOCK_M) * BLOCK_M
+        m_end = tl.where((start_n < hi) & (start_n + BLOCK_N > lo), hi, m_start)
+        for start_m in range(m_start, m_end, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_in = offs_m < hi
+            q = tl.load(Q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=m_in[:, None], other=0.0)
+            do = tl.load(DO_base + offs_m[:, None] * stride_dos + offs_d[None, :], mask=m_in[:, None], other=0.0)
+            # padding queries carry LSE = +inf (see the forward), so their column of P^T is 0
+            lse2 = tl.load(LSE + L_base + offs_m, mask=m_in, other=float("inf")) * LOG2E_C
+            delta = tl.load(DELTA + L_base + offs_m, mask=m_in, other=0.0)
+            qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+            pT = tl.where(k_tok[:, None], tl.math.exp2(qkT * qk_scale - lse2[None, :]), 0.0)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            if HAS_DROPOUT:
+                keepT = tl.trans(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N))
+                pdT = tl.where(keepT, pT * dropout_scale, 0.0)
+                dpT = tl.where(keepT, dpT * dropout_scale, 0.0)
+            else:
+                pdT = pT
+            dv = tl.dot(pdT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dsT = pT * (dpT - delta[None, :])
+            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        dk = dk * softmax_scale
+        tl.store(DK + b64 * stride_dkb + h64 * stride_dkh + rows * stride_dks + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=row_in[:, None])
+        tl.store(DV + b64 * stride_dvb + h64 * stride_dvh + rows * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=row_in[:, None])
+
+
+@triton.jit(do_not_specialize=["seqlen"])
+def _attn_dropout_mask_kernel(SEED, KEEP, seqlen, num_heads, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """KEEP[b, h, i, j] = the keep decision the attention kernels make for (b, h, query i, key j)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    seed = tl.load(SEED)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    base = KEEP + bh.to(tl.int64) * seqlen * seqlen
+    for start_n in range(0, seqlen, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keep = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+        mask = (offs_m < seqlen)[:, None] & (offs_n < seqlen)[None, :]
+        tl.store(base + offs_m.to(tl.int64)[:, None] * seqlen + offs_n[None, :], keep.to(tl.int8), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------------------------
+def _blocks(head_dim: int, seqlen: int, kind: str) -> dict:
+    """Block sizes and launch parameters (a heuristic; see benchmarks/bench_attention.py for the measurements).
+
+    In the interpreter small blocks keep the CPU tests quick while still crossing block boundaries.
+    """
+    if _backend.TRITON_INTERPRET:
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+    if kind == "fwd":
+        if head_dim <= 64:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    if kind == "dq":
+        if head_dim <= 64:
+            return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2)
+    # dkdv
+    if head_dim <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+    return dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
+
+
+def _layout(q: torch.Tensor, cu_seqlens: Optional[torch.Tensor], max_seqlen: int):
+    """(batch, seqlen, heads, is_packed) where seqlen is the padded length or max_seqlen."""
+    if cu_seqlens is not None:
+        return cu_seqlens.numel() - 1, int(max_seqlen), q.shape[1], True
+    return q.shape[0], q.shape[1], q.shape[2], False
+
+
+def _strides3(t: torch.Tensor, is_packed: bool):
+    """(stride_batch, stride_seq, stride_head) of a [B, S, H, D] or [T, H, D] tensor."""
+    return (0, t.stride(0), t.stride(1)) if is_packed else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _lse_shape(q: torch.Tensor, is_packed: bool):
+    return (q.shape[1], q.shape[0]) if is_packed else (q.shape[0], q.shape[2], q.shape[1])  # [H, T] / [B, H, S]
+
+
+def _lse_strides(lse: torch.Tensor, is_packed: bool):
+    return (0, lse.stride(0)) if is_packed else (lse.stride(0), lse.stride(1))
+
+
+def _mask_args(attention_mask: Optional[torch.Tensor], q: torch.Tensor):
+    if attention_mask is None:
+        return q, 0, 0  # dummy pointer, never read (HAS_MASK=False)
+    m = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
+    return m, m.stride(0), m.stride(1)
+
+
+def _common_meta(q, head_dim, seqlen, is_packed, has_mask, dropout_p):
+    return dict(
+        HEAD_DIM=head_dim, BLOCK_R=256 if not _backend.TRITON_INTERPRET else 32,
+        IS_PACKED=is_packed, HAS_MASK=has_mask, HAS_DROPOUT=dropout_p > 0.0,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _attn_fwd(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    """Launch the forward: returns (out like q but contiguous, lse fp32 [B, H, S] or [H, T])."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    batch, seqlen, heads, is_packed = _layout(q, cu_seqlens, max_seqlen)
+    head_dim = q.shape[-1]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(_lse_shape(q, is_packed), dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or batch == 0 or seqlen == 0:
+        return out.zero_(), lse.fill_(float("inf"))
+    mask, stride_mb, stride_ms = _mask_args(attention_mask, q)
+    cfg = _blocks(head_dim, seqlen, "fwd")
+    meta = _common_meta(q, head_dim, seqlen, is_packed, attention_mask is not None, dropout_p)
+    grid = (triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)
+    _attn_fwd_kernel[grid](
+        q, k, v, out, lse, mask, cu_seqlens if is_packed else q, seed if seed is not None else q,
+        *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
+        *_lse_strides(lse, is_packed), stride_mb, stride_ms,
+        seqlen, heads, softmax_scale * LOG2E, dropout_p, dropout_scale(dropout_p), _seq_bucket(seqlen),
+        **meta, **cfg,
+    )
+    return out, lse
+
+
+def _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    """Launch the backward: returns (dq, dk, dv), contiguous, in q's dtype."""
+    q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
+    batch, seqlen, heads, is_packed = _layout(q, cu_seqlens, max_seqlen)
+    head_dim = q.shape[-1]
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if q.numel() == 0 or batch == 0 or seqlen == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = torch.empty_like(lse)
+    mask, stride_mb, stride_ms = _mask_args(attention_mask, q)
+    meta = _common_meta(q, head_dim, seqlen, is_packed, attention_mask is not None, dropout_p)
+    cu = cu_seqlens if is_packed else q
+    sd = seed if seed is not None else q
+    scalars = (seqlen, heads, softmax_scale * LOG2E, softmax_scale, dropout_p, dropout_scale(dropout_p), _seq_bucket(seqlen))
+
+    cfg = _blocks(head_dim, seqlen, "dq")
+    _attn_bwd_dq_kernel[(triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)](
+        q, k, v, out, dout, lse, delta, dq, mask, cu, sd,
+        *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
+        *_strides3(dout, is_packed), *_strides3(dq, is_packed), *_lse_strides(lse, is_packed), stride_mb, stride_ms,
+        *scalars, **meta, **cfg,
+    )
+    cfg = _blocks(head_dim, seqlen, "dkdv")
+    _attn_bwd_dkdv_kernel[(triton.cdiv(seqlen, cfg["BLOCK_N"]), heads, batch)](
+        q, k, v, dout, lse, delta, dk, dv, mask, cu, sd,
+        *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(dout, is_packed),
+        *_strides3(dk, is_packed), *_strides3(dv, is_packed), *_lse_strides(lse, is_packed), stride_mb, stride_ms,
+        *scalars, **meta, **cfg,
+    )
+    return dq, dk, dv
+
+
+def _seq_bucket(seqlen: int) -> int:
+    """Power-of-two bucket of the sequence length (a tuning key that never forces a recompile per length)."""
+    return min(triton.next_power_of_2(max(int(seqlen), 16)), 8192)
+
+
+def _dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:
+    """Boolean keep-mask [batch, heads, seqlen, seqlen] the kernels use for ``seed`` (packed: seqlen = max_seqlen)."""
+    keep = torch.zeros((batch, heads, seqlen, seqlen), dtype=torch.int8, device=seed.device)
+    if keep.numel():
+        block_m, block_n = (16, 32) if _backend.TRITON_INTERPRET else (32, 128)
+        _attn_dropout_mask_kernel[(triton.cdiv(seqlen, block_m), batch * heads)](
+            seed, keep, seqlen, heads, float(dropout_p), BLOCK_M=block_m, BLOCK_N=block_n
+        )
+    return keep.bool()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.library custom ops (torch.compile sees opaque ops with fake implementations, never the Triton kernels)
+# ----------------------------------------------------------------------------------------------------------------
+_FWD_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor? attention_mask, Tensor? cu_seqlens, Tensor? seed, "
+    "SymInt max_seqlen, float dropout_p, float softmax_scale) -> (Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? attention_mask, "
+    "Tensor? cu_seqlens, Tensor? seed, SymInt max_seqlen, float dropout_p, float softmax_scale) "
+    "-> (Tensor, Tensor, Tensor)"
+)
+
+
+def _fwd_op_impl(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    return _attn_fwd(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
+
+
+def _bwd_op_impl(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    return _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
+
+
+_attention_fwd_op = torch.library.custom_op("fastbert::attention_fwd", _fwd_op_impl, mutates_args=(), schema=_FWD_SCHEMA)
+_attention_bwd_op = torch.library.custom_op("fastbert::attention_bwd", _bwd_op_impl, mutates_args=(), schema=_BWD_SCHEMA)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    is_packed = cu_seqlens is not None
+    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, is_packed), dtype=torch.float32)
+
+
+@_attention_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+class AttentionFn(torch.autograd.Function):
+    """Autograd for the fused op: saves q, k, v, out, the fp32 LSE and the dropout seed (never P or the mask)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+        out, lse = _attention_fwd_op(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
+        ctx.save_for_backward(q, k, v, out, lse, attention_mask, cu_seqlens, seed)
+        ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale = max_seqlen, dropout_p, softmax_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, attention_mask, cu_seqlens, seed = ctx.saved_tensors
+        dq, dk, dv = _attention_bwd_op(
+            dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale
+        )
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# validation and the functional
+# ----------------------------------------------------------------------------------------------------------------
+_CU_SEQLENS_CHECKED: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale) -> float:
+    """Raise ValueError naming the problem; return the softmax scale to use."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"attention: dtype {q.dtype} is not supported (use float16, bfloat16 or float32)")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"attention: q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    packed = cu_seqlens is not None
+    want = 3 if packed else 4
+    if q.dim() != want:
+        layout = "[total_tokens, heads, head_dim] (packed, with cu_seqlens)" if packed else "[batch, seqlen, heads, head_dim]"
+        raise ValueError(f"attention: q, k, v must be {want}-D {layout}, got shape {tuple(q.shape)}")
+    head_dim = q.shape[-1]
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"attention: head_dim {head_dim} is not supported (supported: {SUPPORTED_HEAD_DIMS})")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not (0.0 <= dropout_p < 1.0):
+        raise ValueError(f"attention: dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    elif not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool) or not math.isfinite(softmax_scale):
+        raise ValueError(f"attention: softmax_scale must be a finite float or None, got {softmax_scale!r}")
+
+    if packed:
+        if attention_mask is not None:
+            raise ValueError("attention: pass either attention_mask (padded layout) or cu_seqlens (packed layout), not both")
+        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+            got = f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}" if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
+            raise ValueError(f"attention: cu_seqlens must be a 1-D int32 tensor [batch + 1], got {got}")
+        if cu_seqlens.device != q.device:
+            raise ValueError(f"attention: cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
+        if max_seqlen is None:
+            raise ValueError("attention: max_seqlen (the longest sequence, a Python int) is required with cu_seqlens")
+        if not isinstance(max_seqlen, (int, torch.SymInt)) or isinstance(max_seqlen, bool) or max_seqlen < 0:
+            raise ValueError(f"attention: max_seqlen must be a non-negative int, got {max_seqlen!r}")
+        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+        seqlen = max_seqlen
+    else:
+        if max_seqlen is not None and max_seqlen != q.shape[1]:
+            raise ValueError(f"attention: max_seqlen is for the packed layout (cu_seqlens); got max_seqlen={max_seqlen} with padded q {tuple(q.shape)}")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor):
+                raise ValueError(f"attention: attention_mask must be a tensor, got {type(attention_mask).__name__}")
+            if tuple(attention_mask.shape) != tuple(q.shape[:2]):
+                raise ValueError(
+                    f"attention: attention_mask must be the 2-D 0/1 mask [batch, seqlen] = {tuple(q.shape[:2])}, "
+                    f"got shape {tuple(attention_mask.shape)}"
+                )
+            if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+                raise ValueError(
+                    f"attention: attention_mask must be a bool or integer 0/1 mask (1 = token), got {attention_mask.dtype}; "
+                    "pass the tokenizer's mask, not an additive (extended) float mask"
+                )
+            if attention_mask.device != q.device:
+                raise ValueError(f"attention: attention_mask is on {attention_mask.device} but q is on {q.device}")
+        seqlen = q.shape[1]
+    if seqlen > MAX_SEQLEN:
+        raise ValueError(f"attention: sequence length {seqlen} exceeds the supported maximum {MAX_SEQLEN}")
+    return float(softmax_scale)
+
+
+def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
+    """cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] == total tokens, max length <= max_seqlen.
+
+    Reading the values needs one device-to-host copy on GPU; it is done once per cu_seqlens tensor (a model passes the
+    same tensor to every layer) and skipped under torch.compile tracing and CUDA-graph capture.
+    """
+    if torch.compiler.is_compiling():
+        return
+    if cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    key = (cu_seqlens._version, total, int(max_seqlen))
+    if _CU_SEQLENS_CHECKED.get(cu_seqlens) == key:
+        return
+    cu = cu_seqlens.tolist()
+    problem = None
+    lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    if cu[0] != 0:
+        problem = f"cu_seqlens[0] must be 0, got {cu[0]}"
+    elif any(n < 0 for n in lengths):
+        problem = f"cu_seqlens must be non-decreasing, got {cu if len(cu) <= 16 else str(cu[:16]) + '...'}"
+    elif cu[-1] != total:
+        problem = f"cu_seqlens[-1] = {cu[-1]} must equal the number of tokens in q ({total})"
+    elif lengths and max(lengths) > max_seqlen:
+        problem = f"max_seqlen = {max_seqlen} is smaller than the longest sequence ({max(lengths)})"
+    if problem is not None:
+        raise ValueError(f"attention: {problem}")
+    _CU_SEQLENS_CHECKED[cu_seqlens] = key
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    attention_mask: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    max_seqlen: Optional[int] = None,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Bidirectional softmax attention with key padding and attention-probability dropout (fused, O(seqlen) memory).
+
+    Padded layout: q, k, v ``[batch, seqlen, heads, head_dim]`` and an optional 0/1 ``attention_mask``
+    ``[batch, seqlen]`` (bool or integer; 1 = token; any pattern of zeros). Packed layout: q, k, v
+    ``[total_tokens, heads, head_dim]`` with int32 ``cu_seqlens [batch + 1]`` and ``max_seqlen`` (a Python int).
+    head_dim in {16, 32, 64, 128}; float16, bfloat16 or float32 (fp32 uses exact fp32 dots, not TF32).
+
+        out = dropout(softmax(softmax_scale * q k^T + padding bias)) v,  softmax_scale defaults to 1/sqrt(head_dim)
+
+    Returns a contiguous tensor shaped like q in q's dtype. Padding query rows are 0 (never NaN), as is every row of a
+    zero-length sequence. ``dropout_p`` is applied as given: pass 0.0 in eval mode.
+
+    Dispatch (the only one for this op): Triton kernels for CUDA tensors, or CPU tensors under TRITON_INTERPRET=1;
+    otherwise ``reference.attention_ref(..., upcast=True)`` (fp32 math, same contract, dropout from torch), with a
+    one-time warning unless FASTBERT_DISABLE_TRITON=1.
+
+    Packed layout: the cu_seqlens values are checked (one host sync per cu_seqlens tensor, skipped under
+    torch.compile and CUDA-graph capture).
+    """
+    softmax_scale = _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
+    dropout_p = float(dropout_p)
+    if not _backend.use_triton(q, k, v, attention_mask, cu_seqlens, op="attention"):
+        return attention_ref(
+            q, k, v, attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+            dropout_p=dropout_p, softmax_scale=softmax_scale, upcast=True,
+        )
+    seed = draw_seed(q.device) if dropout_p > 0.0 else None
+    max_seqlen = max_seqlen if cu_seqlens is not None else q.shape[1]
+    return AttentionFn.apply(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
+
+
+def _attention_with_dropout_mask(
+    q, k, v, *, attention_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0, softmax_scale=None
+):
+    """Test hook: ``(out, keep_mask)`` from the Triton path, keep_mask the bool ``[batch, heads, S, S]`` dropout
+    keep-mask it used (S = seqlen, or max_seqlen for packed, top-left aligned per sequence): exactly what
+    ``reference.attention_ref(..., dropout_mask=keep_mask)`` expects. Backward works as in :func:`attention`.
+    """
+    softmax_scale = _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
+    if not _backend.use_triton(q, k, v, attention_mask, cu_seqlens, op="attention"):
+        raise RuntimeError("_attention_with_dropout_mask needs the Triton path (CUDA, or TRITON_INTERPRET=1)")
+    dropout_p = float(dropout_p)
+    seed = draw_seed(q.device)
+    batch, seqlen, heads, _ = _layout(q, cu_seqlens, max_seqlen if cu_seqlens is not None else q.shape[1])
+    out = AttentionFn.apply(q, k, v, attention_mask, cu_seqlens, seed if dropout_p > 0 else None, seqlen, dropout_p, softmax_scale)
+    return out, _dropout_mask(seed, batch, heads, seqlen, dropout_p)
