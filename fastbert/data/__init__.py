@@ -5,7 +5,7 @@ collation, and datasets built from raw text with Hugging Face ``tokenizers``. Lo
 released, multi-threaded over sequences; results depend only on the seed (and sample indices), never on the
 thread count or DataLoader worker order. fastbert/data/reference.py is the pure-Python test oracle.
 """
-from .collate import SAMPLE_INDEX_KEY, MLMCollator, collate
+from .collator import SAMPLE_INDEX_KEY, MLMCollator, collate
 from .dataset import (MLMDataset, NSPDataset, load_csv_texts, load_text_documents, split_sentences,
                       tokenize_documents)
 from .masking import IGNORE_INDEX, mask_tokens, masking_config

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ._checks import check_int
-from .collate import SAMPLE_INDEX_KEY
+from .collator import SAMPLE_INDEX_KEY
 from .nsp import Corpus, NSPPairs, build_nsp_pairs
 from .tokenizer import SpecialTokens, load_wordpiece_tokenizer
 

@@ -83,28 +83,25 @@ def _as_int_array(name: str, value, ndim: int) -> np.ndarray:
     return arr
 
 
-def mask_tokens(input_ids, *, vocab_size: int, mask_token_id: int, special_ids: Sequence[int], lengths=None,
-                seed: int = 0, streams=None, num_threads: int = 0, mlm_probability: float = 0.15,
-                split: Sequence[float] = (0.8, 0.1, 0.1), whole_word_mask: bool = False, continuation_table=None,
-                exact_count: bool = False, max_predictions_per_seq: int | None = None,
-                config=None) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(input_ids, config=None, *, lengths=None, seed: int = 0, streams=None, num_threads: int = 0,
+                **masking_options) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask a padded batch.
 
     Args:
         input_ids: int [batch, seq_len] (numpy array, tensor or nested lists).
+        config: a masking_config(...); or None and the masking_config keyword arguments (vocab_size,
+            mask_token_id, special_ids, mlm_probability, split, ...) in ``masking_options``.
         lengths: int [batch] real tokens per row (positions >= lengths[b] are padding: copied, label -100);
             None: every position is real (padding is still protected through the pad id in ``special_ids``).
         seed, streams: sequence b uses the stream (seed, streams[b]); streams default to 0..batch-1.
         num_threads: 0 = all cores; the output does not depend on it.
-        config: a prebuilt masking_config(...) (then the masking keyword arguments are ignored).
     Returns:
         (input_ids, labels): int64 [batch, seq_len] tensors sharing memory with the extension's numpy buffers.
     """
     if config is None:
-        config = masking_config(vocab_size=vocab_size, mask_token_id=mask_token_id, special_ids=special_ids,
-                                mlm_probability=mlm_probability, split=split, whole_word_mask=whole_word_mask,
-                                continuation_table=continuation_table, exact_count=exact_count,
-                                max_predictions_per_seq=max_predictions_per_seq)
+        config = masking_config(**masking_options)
+    elif masking_options:
+        raise TypeError(f"pass either config or masking options, not both (got {sorted(masking_options)})")
     ids = _as_int_array("input_ids", input_ids, 2)
     lens = None if lengths is None else _as_int_array("lengths", lengths, 1)
     strm = None if streams is None else _as_int_array("streams", streams, 1)
