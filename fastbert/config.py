@@ -107,6 +107,24 @@ class BertConfig:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
 
+    # ---------------------------------------------------------------- Hugging Face interop
+    def to_hf(self, attn_implementation: str | None = None):
+        """The equivalent ``transformers.BertConfig`` (needs transformers). ``attn_implementation`` "eager"/"sdpa"
+        picks HF's attention; by default our eager/sdpa choice carries over and "fused" maps to "sdpa"."""
+        import transformers
+
+        fields = {k: v for k, v in self.to_dict().items() if k != "attn_implementation"}
+        impl = attn_implementation or ("sdpa" if self.attn_implementation == "fused" else self.attn_implementation)
+        config = transformers.BertConfig(**fields)
+        config._attn_implementation = impl
+        return config
+
+    @classmethod
+    def from_hf(cls, hf_config: Any, **overrides: Any) -> "BertConfig":
+        """From a ``transformers.BertConfig`` (or anything with ``to_dict()``)."""
+        return cls.from_dict(hf_config.to_dict(), **overrides)
+
     def replace(self, **changes: Any) -> "BertConfig":
         """A validated copy with some fields changed (the original is never mutated)."""
-        return dataclasses.replace(self, extra=copy.deepcopy(self.extra), **changes)
+        changes.setdefault("extra", copy.deepcopy(self.extra))
+        return dataclasses.replace(self, **changes)

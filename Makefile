@@ -1,0 +1,51 @@
+# fastbert: `make test` and `make bench` do all set-up on a fresh machine (virtualenv .venv, dependencies, the C++
+# extension), then run. Override PYTHON, VENV or TORCH_SPEC on the command line if needed.
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+
+# Without a CUDA GPU, pin torch so pip takes the CPU build (a plain `torch` pulls the multi-GB CUDA build). On a
+# machine with nvidia-smi, the default CUDA build. Elsewhere add e.g.
+#   PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(HAS_CUDA),1)
+TORCH_SPEC ?= torch
+else
+TORCH_SPEC ?= torch==2.13.0
+endif
+PIP_EXTRA ?=
+
+STAMP := $(VENV)/.fastbert-installed
+PYTEST_ARGS ?=
+
+.PHONY: test bench bench-quick asan install info clean
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-run the install when packaging or C++ sources change (pip install -e rebuilds fastbert._C).
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h) | $(VPY)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(PIP_EXTRA) "$(TORCH_SPEC)" "setuptools>=64" "pybind11>=2.12" ninja wheel
+	$(VPY) -m pip install -q $(PIP_EXTRA) --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VPY) benchmarks/run.py
+
+bench-quick: $(STAMP)
+	$(VPY) benchmarks/run.py --quick
+
+asan:
+	bash csrc/tests/asan.sh
+
+info: $(STAMP)
+	$(VPY) -m fastbert.info
+
+clean:
+	rm -rf build *.egg-info fastbert/*.so csrc/tests/build
