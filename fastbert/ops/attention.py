@@ -531,7 +531,8 @@ class AttentionFn(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------
 # validation and the functional
 # ----------------------------------------------------------------------------------------------------------------
-_CU_SEQLENS_CHECKED: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+# The last cu_seqlens tensor whose values passed the checks: (weak reference, its version counter, total, max_seqlen).
+_cu_seqlens_checked = (None, None)
 
 
 def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale) -> float:
@@ -603,15 +604,17 @@ def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, so
 def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
     """cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] == total tokens, max length <= max_seqlen.
 
-    Reading the values needs one device-to-host copy on GPU; it is done once per cu_seqlens tensor (a model passes the
-    same tensor to every layer) and skipped under torch.compile tracing and CUDA-graph capture.
+    Reading the values needs one device-to-host copy on GPU; it is skipped when the same, unmodified tensor was just
+    checked (a model passes one cu_seqlens to every layer) and skipped under torch.compile tracing and CUDA-graph capture.
     """
     if torch.compiler.is_compiling():
         return
     if cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing():
         return
+    global _cu_seqlens_checked
     key = (cu_seqlens._version, total, int(max_seqlen))
-    if _CU_SEQLENS_CHECKED.get(cu_seqlens) == key:
+    ref, checked_key = _cu_seqlens_checked
+    if ref is not None and ref() is cu_seqlens and checked_key == key:
         return
     cu = cu_seqlens.tolist()
     problem = None
@@ -626,7 +629,7 @@ def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: i
         problem = f"max_seqlen = {max_seqlen} is smaller than the longest sequence ({max(lengths)})"
     if problem is not None:
         raise ValueError(f"attention: {problem}")
-    _CU_SEQLENS_CHECKED[cu_seqlens] = key
+    _cu_seqlens_checked = (weakref.ref(cu_seqlens), key)
 
 
 def attention(
