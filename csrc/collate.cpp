@@ -8,8 +8,6 @@ namespace fastbert {
 
 namespace {
 
-constexpr int64_t kMinTokensPerThread = 4096;
-
 // First problem found in one row, reported after the threads joined.
 struct RowError {
   int64_t pos = -1;
@@ -107,9 +105,9 @@ void collate_batch(const std::vector<SeqView>& seqs, const CollatePlan& plan, in
       throw std::invalid_argument("token_type_ids" + where +
                                   std::to_string(seqs[static_cast<size_t>(b)].types[err.pos]) + " is negative");
     const int64_t id = seqs[static_cast<size_t>(b)].ids[err.pos];
-    throw std::invalid_argument("input_ids" + where + std::to_string(id) +
-                                (masker ? " is outside [0, vocab_size=" + std::to_string(masker->options().vocab_size) + ")"
-                                        : std::string(" is negative")));
+    const std::string why =
+        masker ? " is outside [0, vocab_size=" + std::to_string(masker->options().vocab_size) + ")" : " is negative";
+    throw std::invalid_argument("input_ids" + where + std::to_string(id) + why);
   }
 }
 

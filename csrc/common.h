@@ -59,6 +59,10 @@ class Rng {
   uint64_t state_;
 };
 
+// Masking / collation work below which another thread costs more than it saves (~100 us of work per thread;
+// spawning and joining a std::thread costs tens of microseconds).
+constexpr int64_t kMinTokensPerThread = 32768;
+
 // Number of threads to use: `requested` <= 0 means all hardware threads; never more than one thread per
 // `min_work_per_thread` units of work, nor more than `num_items`.
 inline int resolve_threads(int requested, int64_t total_work, int64_t min_work_per_thread, int64_t num_items) {

@@ -10,8 +10,6 @@ namespace fastbert {
 
 namespace {
 
-constexpr int64_t kMinTokensPerThread = 4096;  // below this a thread costs more than it saves
-
 bool in_unit_interval(double p) { return p >= 0.0 && p <= 1.0; }  // false for NaN
 
 }  // namespace

@@ -10,7 +10,7 @@ namespace fastbert {
 
 namespace {
 
-constexpr int64_t kMinTokensPerThread = 16384;
+constexpr int64_t kMinNspTokensPerThread = 16384;  // pair building does more work per token than masking
 
 void check_offsets(const int64_t* offsets, int64_t count, int64_t end, const char* name, const char* item) {
   if (count < 1) throw std::invalid_argument(std::string(name) + " must have at least 2 entries");
@@ -138,7 +138,7 @@ NspPairs build_nsp_pairs(const Corpus& c, const NspOptions& o, uint64_t seed, in
   std::vector<int64_t> cost(static_cast<size_t>(num_docs) + 1);
   for (int64_t d = 0; d <= num_docs; ++d)
     cost[static_cast<size_t>(d)] = c.sentence_offsets[c.document_offsets[d]];
-  const int threads = resolve_threads(num_threads, c.num_tokens, kMinTokensPerThread, num_docs);
+  const int threads = resolve_threads(num_threads, c.num_tokens, kMinNspTokensPerThread, num_docs);
   if (threads <= 1) {
     NspPairs out;
     for (int64_t d = 0; d < num_docs; ++d) build_document_pairs(c, o, d, seed, out);

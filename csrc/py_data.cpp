@@ -61,6 +61,13 @@ class RaggedBatch {
       const std::string item_name = name + "[" + std::to_string(b) + "]";
       if (PyList_Check(item.ptr()) || PyTuple_Check(item.ptr())) {
         views_.push_back(from_sequence(item, item_name));
+      } else if (Int64Array::check_(item) &&
+                 (py::reinterpret_borrow<py::array>(item).flags() & py::array::c_style) &&
+                 py::reinterpret_borrow<py::array>(item).ndim() == 1) {
+        // Fast path: a C-contiguous int64 vector is viewed in place (no conversion call into numpy).
+        Int64Array arr = py::reinterpret_borrow<Int64Array>(item);
+        views_.push_back(SeqView{arr.data(), nullptr, arr.shape(0)});
+        arrays_.push_back(std::move(arr));
       } else {
         Int64Array arr = as_int64_array(item, item_name, 1);
         views_.push_back(SeqView{arr.data(), nullptr, arr.shape(0)});

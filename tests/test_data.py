@@ -130,19 +130,19 @@ def test_nsp_matches_reference(seed, max_seq_len, short_seq_prob):
 # ------------------------------------------------------------------------------------------------ determinism
 def test_results_independent_of_thread_count():
     rng = np.random.default_rng(0)
-    seqs = random_batch(rng, 64, 400)
+    seqs = random_batch(rng, 512, 512)  # ~130k tokens: enough work for 4 threads
     cfg = D.masking_config(**masking_kwargs(whole_word_mask=True))
     outs = [_C.collate(seqs, None, PAD, cfg, 7, None, 0, packed, t) for packed in (False, True) for t in (1, 2, 4)]
     for o in outs[1:3]:
         assert_outputs_equal(outs[0], o)
     for o in outs[4:]:
         assert_outputs_equal(outs[3], o)
-    padded = np.array([s + [PAD] * (400 - len(s)) for s in seqs])
+    padded = np.array([s + [PAD] * (512 - len(s)) for s in seqs])
     lengths = [len(s) for s in seqs]
     masked = [D.mask_tokens(padded, lengths=lengths, seed=7, num_threads=t, config=cfg) for t in (1, 2, 4)]
     for ids, labels in masked[1:]:
         assert torch.equal(ids, masked[0][0]) and torch.equal(labels, masked[0][1])
-    docs = random_documents(rng, 400)
+    docs = random_documents(rng, 1000)
     nsp = [D.build_nsp_pairs(docs, cls_token_id=CLS, sep_token_id=SEP, seed=3, num_threads=t) for t in (1, 2, 4)]
     for p in nsp[1:]:
         for field in ("input_ids", "token_type_ids", "offsets", "next_sentence_label", "document_index"):

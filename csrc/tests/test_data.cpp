@@ -142,10 +142,9 @@ void test_masking_invariants() {
             CHECK((labels[k] == fastbert::kIgnoreIndex) == (labels[k - 1] == fastbert::kIgnoreIndex));
         }
         if (o.exact_count) {
-          const int64_t budget =
-              candidates == 0 ? 0
-                              : std::min<int64_t>(6, std::max<int64_t>(1, static_cast<int64_t>(std::floor(
-                                                                             0.3 * static_cast<double>(candidates) + 0.5))));
+          const int64_t rounded =
+              static_cast<int64_t>(std::floor(0.3 * static_cast<double>(candidates) + 0.5));
+          const int64_t budget = candidates == 0 ? 0 : std::min<int64_t>(6, std::max<int64_t>(1, rounded));
           CHECK(chosen <= budget);
           if (!o.whole_word_mask) CHECK(chosen == budget);
         }
@@ -190,7 +189,7 @@ void test_masking_rate() {
 
 void test_padded_batch_threads() {
   const fastbert::Masker masker(base_options());
-  const int64_t batch = 48, row_len = 300;
+  const int64_t batch = 256, row_len = 600;
   fastbert::Rng data(3, 3);
   std::vector<int64_t> input(static_cast<size_t>(batch * row_len), kPad), lengths(static_cast<size_t>(batch));
   for (int64_t b = 0; b < batch; ++b) {
@@ -227,7 +226,7 @@ void test_collate() {
   const fastbert::Masker masker(base_options());
   fastbert::Rng data(21, 0);
   std::vector<std::vector<int64_t>> seqs, types;
-  for (int b = 0; b < 40; ++b) {
+  for (int b = 0; b < 400; ++b) {  // ~80k tokens: enough work for 2 threads
     const int64_t len = b == 0 ? 0 : (b == 1 ? 1 : data.randint(0, 400));
     seqs.push_back(random_sequence(data, len));
     types.emplace_back(static_cast<size_t>(len), b % 2);
@@ -265,7 +264,8 @@ void test_collate() {
       }
     }
   }
-  for (size_t i = 0; i < 4; ++i) CHECK(k_labels[static_cast<size_t>(packed.offsets[40]) + i] == fastbert::kIgnoreIndex);
+  const size_t last = static_cast<size_t>(packed.offsets[400]);  // the all-special row
+  for (size_t i = 0; i < 4; ++i) CHECK(k_labels[last + i] == fastbert::kIgnoreIndex);
 
   // No masker: plain copy, labels optional; negative ids and token types are rejected.
   fastbert::CollateBuffers plain{k_ids.data(), k_types.data(), nullptr, nullptr, k_pos.data()};
@@ -320,7 +320,7 @@ CorpusData random_corpus(uint64_t seed, int num_docs) {
 }
 
 void test_nsp() {
-  const CorpusData data = random_corpus(5, 300);
+  const CorpusData data = random_corpus(5, 1000);  // ~120k tokens: several threads
   fastbert::NspOptions o;
   o.cls_token_id = kCls;
   o.sep_token_id = kSep;

@@ -130,7 +130,10 @@ def collate(sequences: Sequence[Sequence[int]], token_type_ids=None, *, pad_toke
     """Reference of ``_C.collate``: ``masking`` is None or a dict of mask_sequence keyword arguments."""
     batch = len(sequences)
     seqs = [[int(t) for t in s] for s in sequences]
-    types = [[int(t) for t in s] for s in token_type_ids] if token_type_ids is not None else [[0] * len(s) for s in seqs]
+    if token_type_ids is not None:
+        types = [[int(t) for t in s] for s in token_type_ids]
+    else:
+        types = [[0] * len(s) for s in seqs]
     ids_rows, label_rows = [], []
     for b, s in enumerate(seqs):
         if masking is not None:
