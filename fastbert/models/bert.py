@@ -114,24 +114,29 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
         heads_shape = hidden.shape[:-1] + (self.num_attention_heads, self.attention_head_size)
-        q = self.query(hidden).view(heads_shape)  # [batch, seqlen, heads, head_dim] or [total, heads, head_dim]
-        k = self.key(hidden).view(heads_shape)
-        v = self.value(hidden).view(heads_shape)
         dropout_p = self.dropout.p if self.training else 0.0
         impl = self.config.attn_implementation
         if impl == "fused":
+            # one [3*hidden] GEMM instead of three; q, k, v are strided views of its output (the kernel takes strides)
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3*hidden, hidden]
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            qkv = F.linear(hidden, weight, bias).view(hidden.shape[:-1] + (3,) + heads_shape[-2:])  # [..., 3, heads, head_dim]
+            q, k, v = qkv.unbind(-3)
             out = ops.attention(q, k, v, attention_mask=attn.attention_mask, cu_seqlens=attn.cu_seqlens,
                                 max_seqlen=attn.max_seqlen, dropout_p=dropout_p)
+            return out.reshape(hidden.shape)  # [..., hidden]
+        q = self.query(hidden).view(heads_shape)  # [batch, seqlen, heads, head_dim] or [total, heads, head_dim]
+        k = self.key(hidden).view(heads_shape)
+        v = self.value(hidden).view(heads_shape)
+        fn = reference.eager_attention if impl == "eager" else reference.sdpa_attention
+        if attn.packed:
+            # eager/sdpa have no packed form: pad, attend, drop the padding again
+            qp, mask = reference.packed_to_padded(q, attn.cu_seqlens, attn.max_seqlen)
+            kp, _ = reference.packed_to_padded(k, attn.cu_seqlens, attn.max_seqlen)
+            vp, _ = reference.packed_to_padded(v, attn.cu_seqlens, attn.max_seqlen)
+            out = reference.padded_to_packed(fn(qp, kp, vp, mask, dropout_p), mask)
         else:
-            fn = reference.eager_attention if impl == "eager" else reference.sdpa_attention
-            if attn.packed:
-                # eager/sdpa have no packed form: pad, attend, drop the padding again
-                qp, mask = reference.packed_to_padded(q, attn.cu_seqlens, attn.max_seqlen)
-                kp, _ = reference.packed_to_padded(k, attn.cu_seqlens, attn.max_seqlen)
-                vp, _ = reference.packed_to_padded(v, attn.cu_seqlens, attn.max_seqlen)
-                out = reference.padded_to_packed(fn(qp, kp, vp, mask, dropout_p), mask)
-            else:
-                out = fn(q, k, v, attn.attention_mask, dropout_p)
+            out = fn(q, k, v, attn.attention_mask, dropout_p)
         return out.reshape(hidden.shape)  # [..., hidden]
 
 
@@ -474,8 +479,18 @@ def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids,
 class BertModel(BertPreTrainedModel):
     """The BERT encoder (+ pooler). Returns ``last_hidden_state`` and ``pooler_output`` like HF's BertModel.
 
-    Set ``model.check_inputs = False`` to skip the input validation (it costs one device->host sync per forward).
+    Padded batches are unpadded internally (the whole encoder then runs on ``[total_tokens, hidden]``) according to
+    ``model.unpad``: "auto" (default) unpads on the "fused" path when at least ``UNPAD_MIN_PADDING`` of the batch is
+    padding, "always" / "never" force it (any backend). Unpadding reads the per-row lengths on the host: one
+    device->host copy of ``batch`` ints. The result is re-padded at the output (zeros at padding positions, where
+    HF's eager attention leaves values computed from garbage-in rows; compare real positions only).
+
+    Set ``model.check_inputs = False`` to skip the input validation (one more device->host sync per forward).
     """
+
+    # Unpad when at least this fraction of the padded batch is padding. Chosen from `benchmarks/bench_bert.py`'s
+    # padding sweep (see README "Padding-free encoder"); re-measure per device.
+    UNPAD_MIN_PADDING = 0.10
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -484,6 +499,7 @@ class BertModel(BertPreTrainedModel):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         self.check_inputs = True
+        self.unpad = "auto"
         _share_config(self)
         self.post_init()
 
@@ -504,22 +520,67 @@ class BertModel(BertPreTrainedModel):
             _check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        indices = None
         if cu_seqlens is not None:
             attn = AttentionInputs(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
             if position_ids is None:
                 position_ids = packed_position_ids(cu_seqlens, input_ids.numel())
         else:
-            attn = AttentionInputs(attention_mask=attention_mask)
             if position_ids is None:
                 position_ids = self.embeddings.position_ids[:, : input_ids.shape[1]].expand_as(input_ids)
+            unpadded = self._maybe_unpad(attention_mask)
+            if unpadded is None:
+                attn = AttentionInputs(attention_mask=attention_mask)
+            else:
+                indices, cu_seqlens, max_seqlen = unpadded
+                attn = AttentionInputs(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+                input_ids, token_type_ids, position_ids = (
+                    t.reshape(-1)[indices] for t in (input_ids, token_type_ids, position_ids))  # [total] each
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # [batch, seqlen, hidden] or [total, hidden]
         hidden, all_hidden = self.encoder(hidden, attn, output_hidden_states)
         pooled = None
         if self.pooler is not None:
-            pooled = self.pooler(first_tokens(hidden, cu_seqlens))  # [batch, hidden]
+            pooled = self.pooler(first_tokens(hidden, attn.cu_seqlens))  # [batch, hidden]
+        if indices is not None:  # back to the caller's padded layout
+            shape = attention_mask.shape
+            hidden = pad_output(hidden, indices, shape)
+            if all_hidden is not None:
+                all_hidden = tuple(pad_output(h, indices, shape) for h in all_hidden)
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
+
+    def _maybe_unpad(self, attention_mask: torch.Tensor | None):
+        """(indices, cu_seqlens, max_seqlen) when this padded batch should run padding-free, else None."""
+        if attention_mask is None or self.unpad == "never":
+            return None
+        if self.unpad == "auto" and self.config.attn_implementation != "fused":
+            return None
+        if self.unpad not in ("auto", "always"):
+            raise ValueError(f"BertModel.unpad must be 'auto', 'always' or 'never', got {self.unpad!r}")
+        seqlens = attention_mask.sum(1, dtype=torch.int32)
+        seqlens_host = seqlens.cpu()  # the one device->host copy of the unpadded path: [batch] ints
+        total = int(seqlens_host.sum())
+        if self.unpad == "auto" and total > (1.0 - self.UNPAD_MIN_PADDING) * attention_mask.numel():
+            return None
+        flat = attention_mask.reshape(-1).bool()
+        # positions of the real tokens in row-major order, found without a data-dependent shape (no nonzero sync):
+        # a stable sort puts the True entries first, in their original order
+        indices = torch.argsort((~flat).to(torch.uint8), stable=True)[:total]
+        cu_seqlens = reference.seqlens_to_cu_seqlens(seqlens)
+        return indices, cu_seqlens, int(seqlens_host.max())
+
+
+def pad_output(packed: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """[total, hidden] rows scattered back to [*shape, hidden] (zeros at padding)."""
+    out = packed.new_zeros((shape.numel(), packed.shape[-1])).index_copy(0, indices, packed)
+    return out.view(*shape, packed.shape[-1])
+
+
+def labeled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices (into ``labels.reshape(-1)``) of the positions with an MLM label. Compute it where the labels
+    are made (on the CPU, in the data pipeline) and pass it as ``masked_positions`` to avoid a device sync."""
+    return (labels.reshape(-1) != IGNORE_INDEX).nonzero().reshape(-1)
 
 
 def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -612,6 +673,19 @@ def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+def _mlm_logits_and_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor | None,
+                         masked_positions: torch.Tensor | None):
+    """MLM logits over the whole sequence (HF behaviour), or only at ``masked_positions`` (flat indices into the
+    token positions): the transform and the [hidden x vocab] projection then run on ~15% of the tokens and the
+    loss is the same, since unlabeled positions never enter it."""
+    if masked_positions is None:
+        logits = head(hidden)  # [..., vocab]
+        return logits, (_mlm_loss(logits, labels) if labels is not None else None)
+    logits = head(hidden.reshape(-1, hidden.shape[-1])[masked_positions])  # [num_masked, vocab]
+    loss = _mlm_loss(logits, labels.reshape(-1)[masked_positions]) if labels is not None else None
+    return logits, loss
+
+
 class BertForPreTraining(_BertWithMLMDecoder):
     """MLM + NSP. ``labels`` are MLM targets (-100 = ignore); ``next_sentence_label`` 0 = IsNext, 1 = NotNext."""
 
@@ -623,13 +697,18 @@ class BertForPreTraining(_BertWithMLMDecoder):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, next_sentence_label=None, output_hidden_states=False, return_dict=True):
+                max_seqlen=None, labels=None, next_sentence_label=None, masked_positions=None,
+                output_hidden_states=False, return_dict=True):
+        """``masked_positions`` (see ``labeled_positions``): compute MLM logits only there; ``prediction_logits`` is
+        then ``[num_masked, vocab]`` and the loss is unchanged."""
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
                          output_hidden_states)
-        prediction_logits, nsp_logits = self.cls(base.last_hidden_state, base.pooler_output)
+        prediction_logits, mlm_loss = _mlm_logits_and_loss(self.cls.predictions, base.last_hidden_state, labels,
+                                                           masked_positions)
+        nsp_logits = self.cls.seq_relationship(base.pooler_output)
         loss = None
-        if labels is not None and next_sentence_label is not None:
-            loss = _mlm_loss(prediction_logits, labels) + F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
+        if mlm_loss is not None and next_sentence_label is not None:
+            loss = mlm_loss + F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
         out = BertForPreTrainingOutput(loss, prediction_logits, nsp_logits, base.hidden_states)
         return out if return_dict else out.to_tuple()
 
@@ -643,11 +722,10 @@ class BertForMaskedLM(_BertWithMLMDecoder):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True):
+                max_seqlen=None, labels=None, masked_positions=None, output_hidden_states=False, return_dict=True):
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
                          output_hidden_states)
-        logits = self.cls(base.last_hidden_state)
-        loss = _mlm_loss(logits, labels) if labels is not None else None
+        logits, loss = _mlm_logits_and_loss(self.cls.predictions, base.last_hidden_state, labels, masked_positions)
         out = MaskedLMOutput(loss, logits, base.hidden_states)
         return out if return_dict else out.to_tuple()
 
@@ -738,7 +816,13 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                 max_seqlen=None, start_positions=None, end_positions=None, output_hidden_states=False, return_dict=True):
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
                          output_hidden_states)
-        start_logits, end_logits = self.qa_outputs(base.last_hidden_state).unbind(-1)  # [batch, seqlen] each
+        logits = self.qa_outputs(base.last_hidden_state)  # [batch, seqlen, 2] or [total, 2]
+        if cu_seqlens is not None:
+            # per-sequence positions: back to [batch, max_seqlen, 2]; the padding gets finfo.min so the span softmax
+            # covers the real tokens only (the packed form has no padding to attend to)
+            logits, mask = reference.packed_to_padded(logits, cu_seqlens, max_seqlen)
+            logits = logits.masked_fill(~mask.bool()[..., None], torch.finfo(logits.dtype).min)
+        start_logits, end_logits = logits.unbind(-1)  # [batch, seqlen] each
         loss = None
         if start_positions is not None and end_positions is not None:
             ignored = start_logits.shape[-1]  # positions outside the sequence are ignored, as in HF

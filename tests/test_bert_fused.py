@@ -1,0 +1,179 @@
+"""The "fused" encoder (Triton attention, dropout+residual+LayerNorm, bias+GELU; the interpreter on CPU) and the
+padding-free path, against the eager encoder: outputs and gradients at real positions."""
+import pytest
+import torch
+
+import fastbert
+from fastbert import BertConfig
+from fastbert.models.bert import labeled_positions
+from helpers import FLOOR, K_GRAD, K_OUT, maxerr
+
+TINY = dict(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def batch(mode="right", batch=3, seqlen=19, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, TINY["vocab_size"], (batch, seqlen), generator=g)
+    mask = torch.ones(batch, seqlen, dtype=torch.long)
+    if mode == "right":
+        mask[1, 11:] = 0
+        mask[2, 4:] = 0
+    elif mode == "left":
+        mask[1, :8] = 0
+    elif mode == "holes":
+        mask[1, 3:6] = 0
+        mask[2, ::2] = 0
+    elif mode == "one_row_padded":
+        mask[0] = 0
+        mask[2, 4:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[:, 2::5] = ids[:, 2::5]
+    labels = labels.masked_fill(mask == 0, -100)
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def run(model, ids, mask, labels, **kw):
+    model.zero_grad(set_to_none=True)
+    # NSP needs a [CLS] state at position 0: a row whose position 0 is padding (left-padded or fully padded) has
+    # none (the padded path pools the padding position like HF, the packed path the first real token): ignore it
+    nsp = torch.where(mask[:, 0].bool(), 0, -100)
+    out = model(ids, mask, labels=labels, next_sentence_label=nsp, **kw)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def three_way(ours, ref32, reflp, k, name):
+    err, base = maxerr(ours, ref32), maxerr(reflp, ref32)
+    bound = k * base + FLOOR[ours.dtype]
+    assert err <= bound, f"{name}: {err:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("mode", ["right", "one_row_padded"])
+@pytest.mark.parametrize("unpad", ["never", "always"])
+def test_fused_model_matches_eager_fp32(mode, unpad):
+    torch.manual_seed(0)
+    model = fastbert.BertForPreTraining(BertConfig(**TINY))
+    ids, mask, labels = batch(mode)
+    ref, ref_grads = run(model, ids, mask, labels)
+    model.set_attn_implementation("fused")
+    model.bert.unpad = unpad
+    out, grads = run(model, ids, mask, labels)
+    real = mask.bool()
+    torch.testing.assert_close(out.prediction_logits[real], ref.prediction_logits[real], atol=1e-4, rtol=1e-4)
+    rows = mask[:, 0].bool()
+    torch.testing.assert_close(out.seq_relationship_logits[rows], ref.seq_relationship_logits[rows], atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(out.seq_relationship_logits).all()
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        scale = ref_grads[name].abs().max().item()
+        assert maxerr(g, ref_grads[name]) <= 1e-4 * max(scale, 1.0), name
+
+
+def test_fused_model_fp16_three_way():
+    """fp16 fused model vs fp32 eager reference, bounded by how far the fp16 eager model is from it."""
+    torch.manual_seed(0)
+    model = fastbert.BertModel(BertConfig(**TINY))
+    ids, mask, _ = batch("right")
+    real = mask.bool()
+
+    def forward_backward(m):
+        m.zero_grad(set_to_none=True)
+        h = m(ids, mask).last_hidden_state
+        h[real].float().pow(2).mean().backward()
+        return h[real].float(), m.embeddings.word_embeddings.weight.grad.float()
+
+    h32, g32 = forward_backward(model)
+    half = fastbert.BertModel(BertConfig(**TINY)).half()
+    half.load_state_dict(model.state_dict())
+    hlp, glp = forward_backward(half)
+    half.set_attn_implementation("fused")
+    hf, gf = forward_backward(half)
+    three_way(hf, h32, hlp, K_OUT * 2, "last_hidden_state")  # 2 layers of fp16 rounding compound: 2x the op bound
+    three_way(gf, g32, glp, K_GRAD * 2, "word_embeddings.grad")
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa", "fused"])
+@pytest.mark.parametrize("mode", ["right", "left", "holes"])
+def test_unpadded_equals_padded(impl, mode):
+    """Internal unpadding (any 0/1 mask pattern) gives the padded result at real positions, values and grads."""
+    torch.manual_seed(0)
+    model = fastbert.BertForPreTraining(BertConfig(**TINY, attn_implementation=impl))
+    ids, mask, labels = batch(mode)
+    model.bert.unpad = "never"
+    ref, ref_grads = run(model, ids, mask, labels)
+    model.bert.unpad = "always"
+    out, grads = run(model, ids, mask, labels)
+    real = mask.bool()
+    torch.testing.assert_close(out.prediction_logits[real], ref.prediction_logits[real], atol=2e-5, rtol=2e-5)
+    assert (out.prediction_logits[~real] == out.prediction_logits[~real][:1]).all()  # padding rows: bias-only logits
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], atol=2e-5, rtol=2e-4, msg=name)
+
+
+def test_auto_unpad_rule():
+    model = fastbert.BertModel(BertConfig(**TINY, attn_implementation="fused"))
+    _, mask, _ = batch("right")  # 45% padding
+    assert model._maybe_unpad(mask) is not None
+    assert model._maybe_unpad(torch.ones(3, 19, dtype=torch.long)) is None  # no padding: stay padded
+    model.set_attn_implementation("sdpa")
+    assert model._maybe_unpad(mask) is None  # eager/sdpa stay HF-like unless asked
+    model.unpad = "bogus"
+    with pytest.raises(ValueError, match="unpad"):
+        model._maybe_unpad(mask)
+
+
+@pytest.mark.parametrize("impl", ["eager", "fused"])
+def test_packed_input_equals_padded(impl):
+    torch.manual_seed(0)
+    model = fastbert.BertForPreTraining(BertConfig(**TINY, attn_implementation=impl))
+    ids, mask, labels = batch("right")
+    model.bert.unpad = "never"
+    ref, ref_grads = run(model, ids, mask, labels)
+    real = mask.bool()
+    lengths = mask.sum(1)
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+    model.zero_grad(set_to_none=True)
+    out = model(ids[real], cu_seqlens=cu, max_seqlen=int(lengths.max()), labels=labels[real],
+                next_sentence_label=torch.zeros(3, dtype=torch.long))
+    out.loss.backward()
+    torch.testing.assert_close(out.prediction_logits, ref.prediction_logits[real], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name], atol=2e-5, rtol=2e-4, msg=name)
+
+
+def test_mlm_head_only_at_labels_same_loss_and_grads():
+    torch.manual_seed(0)
+    model = fastbert.BertForPreTraining(BertConfig(**TINY))
+    ids, mask, labels = batch("right")
+    ref, ref_grads = run(model, ids, mask, labels)
+    positions = labeled_positions(labels)
+    out, grads = run(model, ids, mask, labels, masked_positions=positions)
+    assert out.prediction_logits.shape == (positions.numel(), TINY["vocab_size"])
+    assert positions.numel() < 0.25 * ids.numel()
+    torch.testing.assert_close(out.prediction_logits, ref.prediction_logits.reshape(-1, TINY["vocab_size"])[positions])
+    torch.testing.assert_close(out.loss, ref.loss)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], msg=name)
+
+
+def test_packed_question_answering_matches_padded():
+    torch.manual_seed(0)
+    model = fastbert.BertForQuestionAnswering(BertConfig(**TINY)).eval()
+    ids, mask, _ = batch("right")
+    real = mask.bool()
+    lengths = mask.sum(1)
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+    start, end = torch.tensor([1, 2, 0]), torch.tensor([3, 5, 2])
+    a = model(ids, mask)
+    b = model(ids[real], cu_seqlens=cu, max_seqlen=int(lengths.max()), start_positions=start, end_positions=end)
+    torch.testing.assert_close(b.start_logits[real], a.start_logits[real], atol=2e-5, rtol=2e-5)
+    # packed: the span softmax runs over real tokens only
+    masked = lambda x: x.masked_fill(~real, float("-inf"))  # noqa: E731
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(masked(a.start_logits), start) + ce(masked(a.end_logits), end)) / 2
+    torch.testing.assert_close(b.loss, expected, atol=1e-5, rtol=1e-5)
