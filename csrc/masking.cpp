@@ -58,15 +58,49 @@ int64_t Masker::random_id(Rng& rng) const {
   return id;
 }
 
+namespace {
+
+// Step 2 of the algorithm for one chosen position.
+void replace(const Masker& m, const MaskingOptions& o, double mask_or_random, int64_t token, Rng& rng,
+                    int64_t* out_id, int64_t* out_label) {
+  *out_label = token;
+  const double u = rng.uniform();
+  if (u < o.mask_prob) {
+    *out_id = o.mask_token_id;
+  } else if (u < mask_or_random) {
+    *out_id = m.random_id(rng);
+  }
+}
+
+}  // namespace
+
 int64_t Masker::mask_sequence(const int64_t* tokens, int64_t n, Rng& rng, int64_t* out_ids, int64_t* out_labels,
                               MaskWorkspace& ws) const {
   const MaskingOptions& o = options_;
-  const size_t len = static_cast<size_t>(n);
+  const double mask_or_random = o.mask_prob + o.random_prob;
+  const uint8_t* cont = o.whole_word_mask ? o.is_continuation.data() : nullptr;
+
+  if (!o.exact_count) {
+    // 3a. One pass: copy, validate, group, choose and replace as the tokens stream by.
+    int64_t group_end = -1;  // one past the last position of the current group
+    bool group_chosen = false;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = tokens[i];
+      if (t < 0 || t >= o.vocab_size) return i;
+      out_ids[i] = t;
+      out_labels[i] = kIgnoreIndex;
+      if (protected_[static_cast<size_t>(t)]) continue;
+      if (!(cont && cont[t] && group_end == i)) group_chosen = rng.uniform() < o.mlm_probability;
+      group_end = i + 1;
+      if (group_chosen) replace(*this, o, mask_or_random, t, rng, out_ids + i, out_labels + i);
+    }
+    return -1;
+  }
+
+  // 3b. Exact count: validate, copy and group the candidates first.
   ws.group_start.clear();
   ws.group_len.clear();
-  ws.chosen.assign(len, 0);
-
-  // 1. Validate, copy, and group the candidates.
+  ws.chosen.assign(static_cast<size_t>(n), 0);
   int64_t num_candidates = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = tokens[i];
@@ -75,8 +109,7 @@ int64_t Masker::mask_sequence(const int64_t* tokens, int64_t n, Rng& rng, int64_
     out_labels[i] = kIgnoreIndex;
     if (protected_[static_cast<size_t>(t)]) continue;
     ++num_candidates;
-    if (o.whole_word_mask && o.is_continuation[static_cast<size_t>(t)] && !ws.group_start.empty() &&
-        ws.group_start.back() + ws.group_len.back() == i) {
+    if (cont && cont[t] && !ws.group_start.empty() && ws.group_start.back() + ws.group_len.back() == i) {
       ++ws.group_len.back();
     } else {
       ws.group_start.push_back(i);
@@ -84,47 +117,28 @@ int64_t Masker::mask_sequence(const int64_t* tokens, int64_t n, Rng& rng, int64_
     }
   }
   const size_t num_groups = ws.group_start.size();
-
-  // 2. Choose groups.
-  if (!o.exact_count) {
-    for (size_t g = 0; g < num_groups; ++g) {
-      if (rng.uniform() < o.mlm_probability)
-        std::fill_n(ws.chosen.begin() + ws.group_start[g], ws.group_len[g], uint8_t{1});
-    }
-  } else {
-    int64_t budget = 0;
-    if (num_candidates > 0 && o.mlm_probability > 0.0) {
-      budget = std::max<int64_t>(
-          1, static_cast<int64_t>(std::floor(o.mlm_probability * static_cast<double>(num_candidates) + 0.5)));
-      if (o.max_predictions_per_seq >= 0) budget = std::min(budget, o.max_predictions_per_seq);
-    }
-    ws.order.resize(num_groups);
-    for (size_t g = 0; g < num_groups; ++g) ws.order[g] = static_cast<int64_t>(g);
-    for (size_t i = num_groups; i > 1; --i) {
-      const size_t j = static_cast<size_t>(rng.below(i));
-      std::swap(ws.order[i - 1], ws.order[j]);
-    }
-    int64_t count = 0;
-    for (size_t k = 0; k < num_groups && count < budget; ++k) {
-      const size_t g = static_cast<size_t>(ws.order[k]);
-      if (count + ws.group_len[g] > budget) continue;
-      std::fill_n(ws.chosen.begin() + ws.group_start[g], ws.group_len[g], uint8_t{1});
-      count += ws.group_len[g];
-    }
+  int64_t budget = 0;
+  if (num_candidates > 0 && o.mlm_probability > 0.0) {
+    budget = std::max<int64_t>(
+        1, static_cast<int64_t>(std::floor(o.mlm_probability * static_cast<double>(num_candidates) + 0.5)));
+    if (o.max_predictions_per_seq >= 0) budget = std::min(budget, o.max_predictions_per_seq);
   }
-
-  // 3. Replace the chosen positions.
-  const double mask_or_random = o.mask_prob + o.random_prob;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!ws.chosen[static_cast<size_t>(i)]) continue;
-    out_labels[i] = tokens[i];
-    const double u = rng.uniform();
-    if (u < o.mask_prob) {
-      out_ids[i] = o.mask_token_id;
-    } else if (u < mask_or_random) {
-      out_ids[i] = random_id(rng);
-    }
+  ws.order.resize(num_groups);
+  for (size_t g = 0; g < num_groups; ++g) ws.order[g] = static_cast<int64_t>(g);
+  for (size_t i = num_groups; i > 1; --i) {
+    const size_t j = static_cast<size_t>(rng.below(i));
+    std::swap(ws.order[i - 1], ws.order[j]);
   }
+  int64_t count = 0;
+  for (size_t k = 0; k < num_groups && count < budget; ++k) {
+    const size_t g = static_cast<size_t>(ws.order[k]);
+    if (count + ws.group_len[g] > budget) continue;
+    std::fill_n(ws.chosen.begin() + ws.group_start[g], ws.group_len[g], uint8_t{1});
+    count += ws.group_len[g];
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (ws.chosen[static_cast<size_t>(i)])
+      replace(*this, o, mask_or_random, tokens[i], rng, out_ids + i, out_labels + i);
   return -1;
 }
 

@@ -37,13 +37,15 @@ struct MaskWorkspace {
 //   1. Candidates are positions whose id is neither special nor the mask id. They form groups: with whole-word
 //      masking a candidate continuation piece joins the group of the candidate right before it; otherwise
 //      every candidate is its own group.
-//   2. Selection. Bernoulli: one uniform() per group in order, chosen when u < mlm_probability.
-//      Exact count: budget = min(max(1, floor(p * C + 0.5)), max_predictions_per_seq) for C candidates
-//      (0 when C == 0 or p == 0); groups are shuffled (Fisher-Yates, i = G-1..1, j = below(i + 1)) and taken
-//      in shuffled order, skipping a group that would overshoot the budget (as create_pretraining_data.py).
-//   3. Replacement, chosen positions in increasing order: u = uniform(); u < mask_prob -> mask id;
+//   2. Replacement of a chosen position (the draw `replace`): u = uniform(); u < mask_prob -> mask id;
 //      u < mask_prob + random_prob -> the below(V - E)-th id outside the E excluded ids; else unchanged.
 //      labels = original id at chosen positions, kIgnoreIndex elsewhere.
+//   3a. Bernoulli (one streaming pass): for each group in order, u = uniform(), chosen when
+//      u < mlm_probability; a chosen group's positions then draw `replace` in order.
+//   3b. Exact count: budget = min(max(1, floor(p * C + 0.5)), max_predictions_per_seq) for C candidates
+//      (0 when C == 0 or p == 0); groups are shuffled (Fisher-Yates, i = G-1..1, j = below(i + 1)) and taken
+//      in shuffled order, skipping a group that would overshoot the budget (as create_pretraining_data.py);
+//      then the chosen positions draw `replace` in increasing order.
 class Masker {
  public:
   explicit Masker(MaskingOptions options);
@@ -56,9 +58,10 @@ class Masker {
   const MaskingOptions& options() const { return options_; }
   bool is_protected(int64_t id) const { return protected_[static_cast<size_t>(id)] != 0; }
 
- private:
+ // A uniform id outside special_ids and the mask id: the below(V - E)-th id not among the E excluded ones.
   int64_t random_id(Rng& rng) const;
 
+ private:
   MaskingOptions options_;
   std::vector<uint8_t> protected_;    // vocab_size entries: special or mask id
   std::vector<int64_t> excluded_;     // sorted distinct protected ids, for the random-replacement mapping

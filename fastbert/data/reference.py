@@ -65,52 +65,10 @@ def mask_sequence(tokens: Sequence[int], rng: Rng, *, vocab_size: int, mask_toke
     tokens = [int(t) for t in tokens]
     ids = list(tokens)
     labels = [IGNORE_INDEX] * len(tokens)
-
-    groups: list[list[int]] = []  # [start, length]
-    num_candidates = 0
-    for i, t in enumerate(tokens):
-        if not 0 <= t < vocab_size:
-            raise ValueError(f"token {t} at {i} is outside [0, {vocab_size})")
-        if t in protected:
-            continue
-        num_candidates += 1
-        if whole_word_mask and continuation_table[t] and groups and groups[-1][0] + groups[-1][1] == i:
-            groups[-1][1] += 1
-        else:
-            groups.append([i, 1])
-
-    chosen = [False] * len(tokens)
-    if not exact_count:
-        for start, length in groups:
-            if rng.uniform() < mlm_probability:
-                for i in range(start, start + length):
-                    chosen[i] = True
-    else:
-        budget = 0
-        if num_candidates > 0 and mlm_probability > 0.0:
-            budget = max(1, int(math.floor(mlm_probability * float(num_candidates) + 0.5)))
-            if max_predictions_per_seq >= 0:
-                budget = min(budget, max_predictions_per_seq)
-        order = list(range(len(groups)))
-        for i in range(len(groups), 1, -1):
-            j = rng.below(i)
-            order[i - 1], order[j] = order[j], order[i - 1]
-        count = 0
-        for g in order:
-            if count >= budget:
-                break
-            start, length = groups[g]
-            if count + length > budget:
-                continue
-            for i in range(start, start + length):
-                chosen[i] = True
-            count += length
-
     mask_prob, random_prob, _ = split
     mask_or_random = mask_prob + random_prob
-    for i, c in enumerate(chosen):
-        if not c:
-            continue
+
+    def replace(i: int) -> None:
         labels[i] = tokens[i]
         u = rng.uniform()
         if u < mask_prob:
@@ -122,6 +80,58 @@ def mask_sequence(tokens: Sequence[int], rng: Rng, *, vocab_size: int, mask_toke
                     break
                 k += 1
             ids[i] = k
+
+    for i, t in enumerate(tokens):
+        if not 0 <= t < vocab_size:
+            raise ValueError(f"token {t} at {i} is outside [0, {vocab_size})")
+
+    def joins_group(i: int, group_end: int) -> bool:
+        return bool(whole_word_mask and continuation_table[tokens[i]] and group_end == i)
+
+    if not exact_count:
+        group_end, group_chosen = -1, False
+        for i, t in enumerate(tokens):
+            if t in protected:
+                continue
+            if not joins_group(i, group_end):
+                group_chosen = rng.uniform() < mlm_probability
+            group_end = i + 1
+            if group_chosen:
+                replace(i)
+        return ids, labels
+
+    groups: list[list[int]] = []  # [start, length]
+    for i, t in enumerate(tokens):
+        if t in protected:
+            continue
+        if groups and joins_group(i, groups[-1][0] + groups[-1][1]):
+            groups[-1][1] += 1
+        else:
+            groups.append([i, 1])
+    num_candidates = sum(length for _, length in groups)
+    budget = 0
+    if num_candidates > 0 and mlm_probability > 0.0:
+        budget = max(1, int(math.floor(mlm_probability * float(num_candidates) + 0.5)))
+        if max_predictions_per_seq >= 0:
+            budget = min(budget, max_predictions_per_seq)
+    order = list(range(len(groups)))
+    for i in range(len(groups), 1, -1):
+        j = rng.below(i)
+        order[i - 1], order[j] = order[j], order[i - 1]
+    chosen = [False] * len(tokens)
+    count = 0
+    for g in order:
+        if count >= budget:
+            break
+        start, length = groups[g]
+        if count + length > budget:
+            continue
+        for i in range(start, start + length):
+            chosen[i] = True
+        count += length
+    for i, c in enumerate(chosen):
+        if c:
+            replace(i)
     return ids, labels
 
 
