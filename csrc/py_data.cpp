@@ -187,6 +187,8 @@ py::dict py_collate(const py::object& sequences, const py::object& token_type_id
       views[static_cast<size_t>(b)].types = t.ids;
     }
   }
+  if (!masking.is_none() && !py::isinstance<Masker>(masking))
+    throw py::type_error("masking must be a MaskingConfig or None, got " + type_name(masking));
   const Masker* masker = masking.is_none() ? nullptr : masking.cast<const Masker*>();
   if (masker && (pad_token_id < 0 || pad_token_id >= masker->options().vocab_size))
     throw py::value_error("pad_token_id must be in [0, vocab_size=" + std::to_string(masker->options().vocab_size) +

@@ -48,6 +48,13 @@ def collate(input_ids: Sequence, token_type_ids: Sequence | None = None, *, pad_
     return _to_torch(out)
 
 
+def _gather(examples: Sequence[Mapping[str, Any]], key: str) -> list:
+    try:
+        return [ex[key] for ex in examples]
+    except (KeyError, TypeError):
+        raise ValueError(f"every example needs a {key!r} entry (the first one has it, or it is required)") from None
+
+
 class MLMCollator:
     """Collate function for BERT pretraining: pads or packs, masks (MLM) and passes NSP labels through.
 
@@ -134,18 +141,13 @@ class MLMCollator:
         first = examples[0]
         token_types = nsp = streams = None
         if isinstance(first, Mapping):
-            try:
-                ids = [ex["input_ids"] for ex in examples]
-            except KeyError:
-                raise ValueError("every example dict needs an 'input_ids' entry") from None
+            ids = _gather(examples, "input_ids")
             if "token_type_ids" in first:
-                token_types = [ex["token_type_ids"] for ex in examples]
+                token_types = _gather(examples, "token_type_ids")
             if "next_sentence_label" in first:
-                nsp = np.fromiter((int(ex["next_sentence_label"]) for ex in examples), dtype=np.int64,
-                                  count=len(examples))
+                nsp = np.asarray(_gather(examples, "next_sentence_label"), dtype=np.int64)
             if SAMPLE_INDEX_KEY in first:
-                streams = np.fromiter((int(ex[SAMPLE_INDEX_KEY]) for ex in examples), dtype=np.int64,
-                                      count=len(examples))
+                streams = np.asarray(_gather(examples, SAMPLE_INDEX_KEY), dtype=np.int64)
         else:
             ids = list(examples)
         seed = _C.derive_seed(self.seed, self.epoch)
