@@ -42,7 +42,7 @@ def _check_against_reference(q, k, v, *, attention_mask=None, cu_seqlens=None, m
     ref_kwargs = dict(kwargs, dropout_p=dropout_p if dropout else 0.0, dropout_mask=keep)
     ref32 = attention_ref(q32, k32, v32, upcast=True, **ref_kwargs)
     reflp = attention_ref(qlp, klp, vlp, upcast=False, **ref_kwargs)
-    assert_three_way(out, ref32.to(q.dtype), reflp, name=f"{name} out")
+    compare(out, ref32, reflp, grad=False, name=f"{name} out")
     if not requires_grad:
         assert not out.requires_grad
         return out
@@ -51,8 +51,17 @@ def _check_against_reference(q, k, v, *, attention_mask=None, cu_seqlens=None, m
     g32 = _grads(ref32, (q32, k32, v32), dout.float())
     glp = _grads(reflp, (qlp, klp, vlp), dout)
     for n, a, b, c in zip("qkv", g, g32, glp):
-        assert_three_way(a, b.to(a.dtype), c, grad=True, name=f"{name} d{n}")
+        compare(a, b, c, grad=True, name=f"{name} d{n}")
     return out
+
+
+def compare(ours, ref32, reflp, *, grad, name):
+    """The three-way rule; for fp32 on CUDA, where reflp == ref32 and the rule degenerates to an absolute 1e-5, a
+    relative bound instead (the kernel sums up to 1024 fp32 terms in another order than cuBLAS)."""
+    if ours.dtype == torch.float32 and ours.is_cuda:
+        torch.testing.assert_close(ours, ref32, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    else:
+        assert_three_way(ours, ref32.to(ours.dtype), reflp, grad=grad, name=name)
 
 
 def _random_lengths(batch, max_len, allow_zero=True, gen=None):
@@ -376,7 +385,8 @@ def test_torch_compile_with_dropout(device):
     torch._dynamo.reset()
     mask = make_attention_mask(2, 9, "random", device=device)
     q, k, v = _qkv((2, 9, 2, 16), torch.float32, device)
-    compiled = torch.compile(lambda q, k, v: attention(q, k, v, attention_mask=mask, dropout_p=0.25), fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, attention_mask=mask, dropout_p=0.25),
+                             fullgraph=True, backend="aot_eager")
     out = compiled(q, k, v)
     out.sum().backward()
     assert torch.isfinite(q.grad).all() and (out[~mask.bool()] == 0).all()
@@ -479,7 +489,7 @@ def test_gpu_bert_qkv_views_bf16():
     out, keep = _attention_with_dropout_mask(q, k, v, attention_mask=mask, dropout_p=0.1)
     ref = attention_ref(*(t.float() for t in (q, k, v)), attention_mask=mask, dropout_p=0.1, dropout_mask=keep)
     reflp = attention_ref(q, k, v, attention_mask=mask, dropout_p=0.1, dropout_mask=keep, upcast=False)
-    assert_three_way(out, ref.to(out.dtype), reflp, name="bert qkv views")
+    compare(out, ref, reflp, grad=False, name="bert qkv views")
     out.sum().backward()
     assert torch.isfinite(qkv.grad).all()
 

@@ -49,7 +49,11 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # dropout counters are 32-bit (query index, key index): fine for any realistic length; the int32 token offsets
 # inside one sequence also bound the sequence length.
 MAX_SEQLEN = 2**31 // 128
+MAX_BATCH = 65535  # sequences are the third grid dimension
 LOG2E_C = tl.constexpr(LOG2E)
+# Integer arguments that change with the batch's lengths: never specialized (Triton would otherwise compile a variant
+# per "divisible by 16" / "== 1" pattern of e.g. the total token count).
+_RUNTIME_INTS = ["seqlen", "stride_lb", "stride_lh", "stride_mb", "stride_ms"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,8 +98,9 @@ def _row_is_token(MASK, b, offs, lo, hi, seqlen, stride_mb, stride_ms, HAS_MASK:
 
 
 @triton.jit
-def _dropout_keep(seed, bh, rows, col_start, dropout_p, BLOCK_N: tl.constexpr):
-    """Keep-mask [BLOCK_M, BLOCK_N] for query ``rows`` x keys [col_start, col_start + BLOCK_N) of head-sequence bh.
+def _dropout_uniform(seed, bh, rows, col_start, BLOCK_N: tl.constexpr):
+    """Uniform [0, 1) fp32 [BLOCK_M, BLOCK_N] for query ``rows`` x keys [col_start, col_start + BLOCK_N) of
+    head-sequence bh; an element is kept when u >= dropout_p.
 
     One Philox4x32-10 call per 4 neighbouring keys: counter (key // 4, query, bh, 0), lane key % 4.
     ``col_start`` must be a multiple of 4.
@@ -111,11 +116,10 @@ def _dropout_keep(seed, bh, rows, col_start, dropout_p, BLOCK_N: tl.constexpr):
     u2 = tl.uint_to_uniform_float(r2)
     u3 = tl.uint_to_uniform_float(r3)
     # interleave(interleave(u0, u2), interleave(u1, u3))[..., j] == u_{j % 4}[..., j // 4]
-    u = tl.interleave(tl.interleave(u0, u2), tl.interleave(u1, u3))
-    return u >= dropout_p
+    return tl.interleave(tl.interleave(u0, u2), tl.interleave(u1, u3))
 
 
-@triton.jit(do_not_specialize=["seqlen"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, MASK, CU_SEQLENS, SEED,
     stride_qb, stride_qs, stride_qh,
@@ -124,7 +128,7 @@ def _attn_fwd_kernel(
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh,
     stride_mb, stride_ms,
-    seqlen, num_heads, qk_scale, dropout_p, dropout_scale, seq_bucket,
+    seqlen, num_heads, qk_scale, dropout_p, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -171,7 +175,7 @@ def _attn_fwd_kernel(
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
             if HAS_DROPOUT:
-                p = tl.where(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
+                p = tl.where(_dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N) >= dropout_p, p, 0.0)
             v = tl.load(V_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
@@ -190,7 +194,7 @@ def _attn_fwd_kernel(
 
 
 
-@triton.jit(do_not_specialize=["seqlen"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dq_kernel(
     Q, K, V, O, DO, LSE, DELTA, DQ, MASK, CU_SEQLENS, SEED,
     stride_qb, stride_qs, stride_qh,
@@ -201,7 +205,7 @@ def _attn_bwd_dq_kernel(
     stride_dqb, stride_dqs, stride_dqh,
     stride_lb, stride_lh,
     stride_mb, stride_ms,
-    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale, seq_bucket,
+    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -243,15 +247,16 @@ def _attn_bwd_dq_kernel(
             p = tl.where(k_tok[None, :], tl.math.exp2(qk * qk_scale - lse2[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             if HAS_DROPOUT:
-                keep = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+                keep = _dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N) >= dropout_p
                 dp = tl.where(keep, dp * dropout_scale, 0.0)
             ds = p * (dp - delta[:, None])
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
         dq = dq * softmax_scale
-        tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + rows * stride_dqs + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_in[:, None])
+        dq_ptrs = DQ + b64 * stride_dqb + h64 * stride_dqh + rows * stride_dqs + offs_d[None, :]
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_in[:, None])
 
 
-@triton.jit(do_not_specialize=["seqlen"])
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, MASK, CU_SEQLENS, SEED,
     stride_qb, stride_qs, stride_qh,
@@ -262,7 +267,7 @@ def _attn_bwd_dkdv_kernel(
     stride_dvb, stride_dvs, stride_dvh,
     stride_lb, stride_lh,
     stride_mb, stride_ms,
-    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale, seq_bucket,
+    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -308,7 +313,8 @@ def _attn_bwd_dkdv_kernel(
             pT = tl.where(k_tok[:, None], tl.math.exp2(qkT * qk_scale - lse2[None, :]), 0.0)
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
             if HAS_DROPOUT:
-                keepT = tl.trans(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N))
+                # same numbers as the forward's [query, key] tile, transposed (fp32, not i1, through the shuffle)
+                keepT = tl.trans(_dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N)) >= dropout_p
                 pdT = tl.where(keepT, pT * dropout_scale, 0.0)
                 dpT = tl.where(keepT, dpT * dropout_scale, 0.0)
             else:
@@ -317,8 +323,10 @@ def _attn_bwd_dkdv_kernel(
             dsT = pT * (dpT - delta[None, :])
             dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
         dk = dk * softmax_scale
-        tl.store(DK + b64 * stride_dkb + h64 * stride_dkh + rows * stride_dks + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=row_in[:, None])
-        tl.store(DV + b64 * stride_dvb + h64 * stride_dvh + rows * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=row_in[:, None])
+        dk_ptrs = DK + b64 * stride_dkb + h64 * stride_dkh + rows * stride_dks + offs_d[None, :]
+        tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=row_in[:, None])
+        dv_ptrs = DV + b64 * stride_dvb + h64 * stride_dvh + rows * stride_dvs + offs_d[None, :]
+        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=row_in[:, None])
 
 
 @triton.jit(do_not_specialize=["seqlen"])
@@ -331,7 +339,7 @@ def _attn_dropout_mask_kernel(SEED, KEEP, seqlen, num_heads, dropout_p, BLOCK_M:
     base = KEEP + bh.to(tl.int64) * seqlen * seqlen
     for start_n in range(0, seqlen, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+        keep = _dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N) >= dropout_p
         mask = (offs_m < seqlen)[:, None] & (offs_n < seqlen)[None, :]
         tl.store(base + offs_m.to(tl.int64)[:, None] * seqlen + offs_n[None, :], keep.to(tl.int8), mask=mask)
 
@@ -339,13 +347,16 @@ def _attn_dropout_mask_kernel(SEED, KEEP, seqlen, num_heads, dropout_p, BLOCK_M:
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------------------
-def _blocks(head_dim: int, seqlen: int, kind: str) -> dict:
-    """Block sizes and launch parameters (a heuristic; see benchmarks/bench_attention.py for the measurements).
+def _blocks(head_dim: int, dtype: torch.dtype, kind: str) -> dict:
+    """Block sizes and launch parameters (a heuristic keyed on head_dim and dtype, never on the sequence length).
 
-    In the interpreter small blocks keep the CPU tests quick while still crossing block boundaries.
+    In the interpreter small blocks keep the CPU tests quick while still crossing block boundaries. fp32 (accepted,
+    not a fast path) halves the tiles so they fit in shared memory at head_dim 128.
     """
     if _backend.TRITON_INTERPRET:
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
     if kind == "fwd":
         if head_dim <= 64:
             return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
@@ -409,14 +420,14 @@ def _attn_fwd(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, 
     if out.numel() == 0 or batch == 0 or seqlen == 0:
         return out.zero_(), lse.fill_(float("inf"))
     mask, stride_mb, stride_ms = _mask_args(attention_mask, q)
-    cfg = _blocks(head_dim, seqlen, "fwd")
+    cfg = _blocks(head_dim, q.dtype, "fwd")
     meta = _common_meta(q, head_dim, seqlen, is_packed, attention_mask is not None, dropout_p)
     grid = (triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)
     _attn_fwd_kernel[grid](
         q, k, v, out, lse, mask, cu_seqlens if is_packed else q, seed if seed is not None else q,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
         *_lse_strides(lse, is_packed), stride_mb, stride_ms,
-        seqlen, heads, softmax_scale * LOG2E, dropout_p, dropout_scale(dropout_p), _seq_bucket(seqlen),
+        seqlen, heads, softmax_scale * LOG2E, dropout_p, dropout_scale(dropout_p),
         **meta, **cfg,
     )
     return out, lse
@@ -437,16 +448,16 @@ def _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seq
     meta = _common_meta(q, head_dim, seqlen, is_packed, attention_mask is not None, dropout_p)
     cu = cu_seqlens if is_packed else q
     sd = seed if seed is not None else q
-    scalars = (seqlen, heads, softmax_scale * LOG2E, softmax_scale, dropout_p, dropout_scale(dropout_p), _seq_bucket(seqlen))
+    scalars = (seqlen, heads, softmax_scale * LOG2E, softmax_scale, dropout_p, dropout_scale(dropout_p))
 
-    cfg = _blocks(head_dim, seqlen, "dq")
+    cfg = _blocks(head_dim, q.dtype, "dq")
     _attn_bwd_dq_kernel[(triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)](
         q, k, v, out, dout, lse, delta, dq, mask, cu, sd,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
         *_strides3(dout, is_packed), *_strides3(dq, is_packed), *_lse_strides(lse, is_packed), stride_mb, stride_ms,
         *scalars, **meta, **cfg,
     )
-    cfg = _blocks(head_dim, seqlen, "dkdv")
+    cfg = _blocks(head_dim, q.dtype, "dkdv")
     _attn_bwd_dkdv_kernel[(triton.cdiv(seqlen, cfg["BLOCK_N"]), heads, batch)](
         q, k, v, dout, lse, delta, dk, dv, mask, cu, sd,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(dout, is_packed),
@@ -454,11 +465,6 @@ def _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seq
         *scalars, **meta, **cfg,
     )
     return dq, dk, dv
-
-
-def _seq_bucket(seqlen: int) -> int:
-    """Power-of-two bucket of the sequence length (a tuning key that never forces a recompile per length)."""
-    return min(triton.next_power_of_2(max(int(seqlen), 16)), 8192)
 
 
 def _dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:
@@ -566,8 +572,9 @@ def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, so
     if packed:
         if attention_mask is not None:
             raise ValueError("attention: pass either attention_mask (padded layout) or cu_seqlens (packed layout), not both")
-        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
-            got = f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}" if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
+        is_tensor = isinstance(cu_seqlens, torch.Tensor)
+        if not is_tensor or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+            got = f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}" if is_tensor else type(cu_seqlens).__name__
             raise ValueError(f"attention: cu_seqlens must be a 1-D int32 tensor [batch + 1], got {got}")
         if cu_seqlens.device != q.device:
             raise ValueError(f"attention: cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
@@ -579,7 +586,10 @@ def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, so
         seqlen = max_seqlen
     else:
         if max_seqlen is not None and max_seqlen != q.shape[1]:
-            raise ValueError(f"attention: max_seqlen is for the packed layout (cu_seqlens); got max_seqlen={max_seqlen} with padded q {tuple(q.shape)}")
+            raise ValueError(
+                f"attention: max_seqlen is for the packed layout (cu_seqlens); got max_seqlen={max_seqlen} "
+                f"with padded q {tuple(q.shape)}"
+            )
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor):
                 raise ValueError(f"attention: attention_mask must be a tensor, got {type(attention_mask).__name__}")
@@ -596,6 +606,9 @@ def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, so
             if attention_mask.device != q.device:
                 raise ValueError(f"attention: attention_mask is on {attention_mask.device} but q is on {q.device}")
         seqlen = q.shape[1]
+    batch = cu_seqlens.numel() - 1 if packed else q.shape[0]
+    if batch > MAX_BATCH:
+        raise ValueError(f"attention: at most {MAX_BATCH} sequences per call (a grid dimension), got {batch}")
     if seqlen > MAX_SEQLEN:
         raise ValueError(f"attention: sequence length {seqlen} exceeds the supported maximum {MAX_SEQLEN}")
     return float(softmax_scale)
@@ -659,8 +672,8 @@ def attention(
     otherwise ``reference.attention_ref(..., upcast=True)`` (fp32 math, same contract, dropout from torch), with a
     one-time warning unless FASTBERT_DISABLE_TRITON=1.
 
-    Packed layout: the cu_seqlens values are checked (one host sync per cu_seqlens tensor, skipped under
-    torch.compile and CUDA-graph capture).
+    Packed layout: the cu_seqlens values are checked (one host sync on GPU, repeated only for a new or modified
+    tensor; skipped under torch.compile and CUDA-graph capture). The padded layout never syncs.
     """
     softmax_scale = _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     dropout_p = float(dropout_p)
