@@ -1,4 +1,11 @@
-"""End-to-end encoder benchmark: BertModel forward and forward+backward per attention backend, against Hugging Face.
+"""End-to-end benchmarks: the encoder per backend, and the BERT pretraining step, against Hugging Face.
+
+Part 1 ("encoder"): BertModel forward and forward+backward per attention backend and HF's BertModel.
+Part 2 ("pretrain"): one BertForPreTraining training step (MLM + NSP loss, backward, AdamW step; bf16 autocast on
+CUDA) for fastbert's fused padding-free path (padded batch unpadded inside, and the collator's packed batch), the
+eager/sdpa paths and HF's BertForPreTraining eager/sdpa (+ torch.compile on CUDA); real tokens/s and MFU counted
+on real tokens. Part 3 ("unpad sweep"): padded vs internally unpadded forward at several padding fractions, the
+measurement behind BertModel.UNPAD_MIN_PADDING.
 
 Workload: a variable-length batch whose lengths follow IMDb reviews under WordPiece (see harness.imdb_like_lengths),
 padded to the batch's max length as a DataLoader would. Figures are counted on real (non-padding) tokens.
@@ -19,8 +26,29 @@ try:
 except ImportError:  # run as a script
     import harness
 
-COLUMNS = ["provider", "mode", "shape", "real_tokens", "ms", "ms_p20", "ms_p80", "real_tokens_per_s",
-           "peak_mem_mb", "speedup_vs_fastbert-eager", "note"]
+COLUMNS = ["part", "provider", "mode", "shape", "real_tokens", "ms", "ms_p20", "ms_p80", "real_tokens_per_s",
+           "mfu", "peak_mem_mb", "speedup_vs_fastbert-eager", "speedup_vs_hf-sdpa", "note"]
+
+# dense bf16 tensor-core peak (FLOP/s) by device name, for MFU; None where unknown (CPU)
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def pretrain_flops(config: dict, lengths: torch.Tensor, mlm_fraction: float = 0.15, vocab: int = 30522) -> float:
+    """Model FLOPs of one training step on the real tokens only (3x forward): the six per-layer GEMMs, attention
+    (QK^T and PV over each sequence's own length), pooler/NSP and the MLM head at the masked positions."""
+    c, i, n_layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    tokens = float(lengths.sum())
+    gemm = 2.0 * (4 * c * c + 2 * c * i) * n_layers * tokens
+    attn = 4.0 * c * n_layers * float((lengths.double() ** 2).sum())
+    head = 2.0 * (c * c + c * vocab) * mlm_fraction * tokens + 2.0 * (c * c + 2 * c) * lengths.numel()
+    return 3.0 * (gemm + attn + head)
 
 CONFIGS = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -55,8 +83,8 @@ def _build(provider: str, config_kwargs: dict, device: torch.device, state_dict=
     return model.to(device)
 
 
-def run(device: torch.device | None = None, quick: bool = False, model: str | None = None,
-        batch: int | None = None, max_lens: tuple[int, ...] | None = None) -> list[dict]:
+def run_encoder(device: torch.device | None = None, quick: bool = False, model: str | None = None,
+                batch: int | None = None, max_lens: tuple[int, ...] | None = None) -> list[dict]:
     from tqdm import tqdm
 
     device = torch.device(device or harness.default_device())
@@ -75,7 +103,7 @@ def run(device: torch.device | None = None, quick: bool = False, model: str | No
         mask = harness.lengths_to_mask(lengths, seqlen).to(device)
         g = torch.Generator().manual_seed(1)
         ids = (torch.randint(1000, 30000, (batch, seqlen), generator=g).to(device) * mask)
-        row = {"bench": "bert", "provider": provider, "mode": mode, "shape": f"{model} {batch}x{seqlen}", "max_len": max_len,
+        row = {"bench": "bert", "part": "encoder", "provider": provider, "mode": mode, "shape": f"{model} {batch}x{seqlen}", "max_len": max_len,
                "real_tokens": int(lengths.sum()), "dtype": str(dtype).replace("torch.", "")}
         rows.append(row)
         if provider == "fastbert-fused" and not cuda:
@@ -106,6 +134,145 @@ def run(device: torch.device | None = None, quick: bool = False, model: str | No
         if cuda:
             torch.cuda.empty_cache()
     harness.add_speedups(rows, "fastbert-eager")
+    harness.add_speedups(rows, "hf-sdpa")
+    return rows
+
+
+PRETRAIN_PROVIDERS = ["fastbert-fused", "fastbert-fused-packed", "fastbert-sdpa", "fastbert-eager", "hf-eager",
+                      "hf-sdpa", "hf-sdpa-compile"]
+
+
+def _pretrain_batch(batch: int, max_len: int, device: torch.device, vocab: int = 30522):
+    """An IMDb-like MLM+NSP batch, padded and packed, with 15% labeled positions (computed on the host, as the
+    collator does, so no device sync is needed to find them)."""
+    from fastbert.models.bert import labeled_positions
+
+    lengths = harness.imdb_like_lengths(batch, max_len, seed=max_len)
+    seqlen = int(lengths.max())
+    mask = harness.lengths_to_mask(lengths, seqlen)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1000, vocab, (batch, seqlen), generator=g) * mask
+    labels = torch.where((torch.rand(batch, seqlen, generator=g) < 0.15) & mask.bool(), ids, -100)
+    real = mask.bool()
+    padded = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), labels=labels,
+                  next_sentence_label=torch.randint(0, 2, (batch,), generator=g))
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+    packed = dict(input_ids=ids[real], token_type_ids=torch.zeros_like(ids[real]), labels=labels[real],
+                  cu_seqlens=cu, max_seqlen=seqlen, next_sentence_label=padded["next_sentence_label"])
+    padded_positions, packed_positions = labeled_positions(labels), labeled_positions(packed["labels"])
+    to = lambda d: {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in d.items()}  # noqa: E731
+    return lengths, to(padded), to(packed), padded_positions.to(device), packed_positions.to(device)
+
+
+def run_pretrain(device: torch.device, quick: bool = False, model: str | None = None,
+                 batch: int | None = None, max_lens: tuple[int, ...] | None = None) -> list[dict]:
+    import fastbert
+    from tqdm import tqdm
+
+    cuda = device.type == "cuda"
+    model = model or ("base" if cuda else "mini")
+    batch = batch or (32 if cuda else 8)
+    max_lens = max_lens or ((128, 512) if cuda else (128,))
+    config_kwargs = CONFIGS[model]
+    peak = peak_flops(device)
+    rows: list[dict] = []
+    init = fastbert.BertForPreTraining(fastbert.BertConfig(**config_kwargs)).state_dict()
+    cases = [(p, L) for L in max_lens for p in PRETRAIN_PROVIDERS]
+    for provider, max_len in tqdm(cases, desc="bench_bert pretrain", leave=False):
+        lengths, padded, packed, pad_pos, pack_pos = _pretrain_batch(batch, max_len, device)
+        row = {"bench": "bert", "part": "pretrain", "provider": provider, "mode": "train step",
+               "shape": f"{model} {batch}x{int(lengths.max())}", "max_len": max_len, "real_tokens": int(lengths.sum())}
+        rows.append(row)
+        if provider.startswith("fastbert-fused") and not cuda:
+            row["note"] = "needs CUDA (Triton kernels)"
+            continue
+        if provider.endswith("compile") and not cuda:
+            row["note"] = "CUDA only (compile time dominates a CPU smoke run)"
+            continue
+        if provider.startswith("fastbert"):
+            impl = provider.split("-")[1]
+            net = fastbert.BertForPreTraining(fastbert.BertConfig(**config_kwargs, attn_implementation=impl))
+            net.bert.check_inputs = False
+            inputs = dict(packed, masked_positions=pack_pos) if provider.endswith("packed") else dict(
+                padded, masked_positions=pad_pos)
+        else:
+            import transformers
+
+            impl = provider.split("-")[1]
+            net = transformers.BertForPreTraining(fastbert.BertConfig(**config_kwargs).to_hf(attn_implementation=impl))
+            inputs = padded
+        net.load_state_dict(init, strict=False)
+        net = net.to(device).train()
+        fwd = torch.compile(net) if provider.endswith("compile") else net
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+        def step():
+            with autocast:
+                loss = fwd(**inputs).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        try:
+            t = harness.bench_fn(step, device, warmup_ms=500 if cuda else 0, rep_ms=2000 if cuda else 300)
+        except Exception as exc:  # e.g. torch.compile unsupported here: report, never hide
+            row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            continue
+        row.update(t)
+        row["real_tokens_per_s"] = row["real_tokens"] / (t["ms"] / 1e3)
+        row["mfu"] = pretrain_flops(config_kwargs, lengths) / (t["ms"] / 1e3) / peak if peak else None
+        row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
+        del net, opt, fwd
+        if cuda:
+            torch.cuda.empty_cache()
+    harness.add_speedups(rows, "fastbert-eager", group=("max_len",))
+    harness.add_speedups(rows, "hf-sdpa", group=("max_len",))
+    return rows
+
+
+def run_unpad_sweep(device: torch.device, quick: bool = False) -> list[dict]:
+    """Forward time padded vs unpadded inside the model, by padding fraction (same weights, same tokens)."""
+    import fastbert
+
+    cuda = device.type == "cuda"
+    model = "base" if cuda else "mini"
+    impl = "fused" if cuda else "sdpa"
+    batch, seqlen = (32, 512) if cuda else (8, 256)
+    net = fastbert.BertModel(fastbert.BertConfig(**CONFIGS[model], attn_implementation=impl)).to(device).eval()
+    net.check_inputs = False
+    if cuda:
+        net = net.to(torch.bfloat16)
+    rows = []
+    for padding in ((0.1, 0.3) if quick else (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)):
+        lengths = torch.full((batch,), seqlen)
+        n_short = int(round(padding * batch * 2))  # half the rows lose ~2*padding of their tokens on average
+        lengths[:n_short] = max(1, int(seqlen * 0.5))
+        mask = harness.lengths_to_mask(lengths, seqlen).to(device)
+        ids = torch.randint(1000, 30000, (batch, seqlen), device=device) * mask
+        frac = 1.0 - float(mask.float().mean())
+        times = {}
+        for unpad in ("never", "always"):
+            net.unpad = unpad
+
+            def fwd():
+                with torch.no_grad():
+                    net(ids, mask)
+
+            times[unpad] = harness.bench_fn(fwd, device, warmup_ms=100 if cuda else 0, rep_ms=500 if cuda else 300)["ms"]
+        rows.append({"bench": "bert", "part": "unpad sweep", "provider": f"fastbert-{impl}", "mode": "fwd",
+                     "shape": f"{model} {batch}x{seqlen} pad={frac:.2f}", "real_tokens": int(lengths.sum()),
+                     "ms": times["always"], "note": f"padded {times['never']:.2f} ms -> unpadded {times['always']:.2f} ms "
+                                                     f"({times['never'] / times['always']:.2f}x)"})
+    return rows
+
+
+def run(device: torch.device | None = None, quick: bool = False, model: str | None = None,
+        batch: int | None = None) -> list[dict]:
+    device = torch.device(device or harness.default_device())
+    rows = run_encoder(device, quick, model, batch)
+    rows += run_pretrain(device, quick, model, batch)
+    rows += run_unpad_sweep(device, quick)
     return rows
 
 

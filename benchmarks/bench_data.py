@@ -93,12 +93,17 @@ def time_pass(collate, data: list[list[dict]]) -> float:
     return time.perf_counter() - t0
 
 
-def run(quick: bool = False) -> list[dict]:
+COLUMNS = ["provider", "threads", "batch", "corpus", "real_tokens", "seconds_per_pass", "real_tokens_per_s",
+           "speedup_vs_hf", "speedup_vs_hf_best"]
+
+
+def run(device=None, quick: bool = False) -> list[dict]:
     """One row per provider: real tokens/s and the speed-up over the HF collator measured in the same run.
 
     The providers are timed round-robin (one HF pass, then `inner` passes of each fastbert variant, per
     round) so that load from other processes hits them alike; each figure is the median over the rounds,
     with the best round alongside.
+    ``device`` is accepted for the suite runner and ignored: collation runs on the host.
     Batch 32 is the HF comparison; batch 256 rows show where the C++ threads start to pay (below ~32k
     tokens per thread a batch stays on one thread).
     """

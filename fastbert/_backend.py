@@ -21,9 +21,7 @@ TRITON_DISABLED = os.environ.get("FASTBERT_DISABLE_TRITON", "0") not in ("", "0"
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def triton_status() -> tuple[bool, str]:
-    """(importable, human-readable reason/version)."""
+def _probe_triton() -> tuple[bool, str]:
     if TRITON_DISABLED:
         return False, "disabled by FASTBERT_DISABLE_TRITON=1"
     try:
@@ -31,6 +29,16 @@ def triton_status() -> tuple[bool, str]:
     except Exception as exc:  # ImportError, or a broken install raising anything else
         return False, f"triton is not importable ({type(exc).__name__}: {exc})"
     return True, f"triton {triton.__version__}" + (" (interpreter: TRITON_INTERPRET=1)" if TRITON_INTERPRET else "")
+
+
+# Probed once, when the first op module imports this one (those import triton anyway): a plain constant keeps
+# torch.compile from tracing a cached function call on every dispatch.
+_TRITON_STATUS = _probe_triton()
+
+
+def triton_status() -> tuple[bool, str]:
+    """(usable, human-readable version or reason)."""
+    return _TRITON_STATUS
 
 
 def cuda_status() -> tuple[bool, str]:
