@@ -60,7 +60,7 @@ for cap in spec["capabilities"]:
 
 
 def aot_compile_cuda(module: str, kernel: str, pointers: dict, constexprs: dict, *, floats=(), num_warps: int = 4,
-                     capabilities=(80, 90)) -> None:
+                     capabilities=(90,)) -> None:
     """Compile a @triton.jit kernel for NVIDIA targets down to cubin without a GPU (Triton ships ptxas).
 
     The interpreter that runs kernels in CPU CI accepts code the compiler rejects (e.g. a plain-float global read
@@ -74,6 +74,8 @@ def aot_compile_cuda(module: str, kernel: str, pointers: dict, constexprs: dict,
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
     spec = dict(module=module, kernel=kernel, pointers=pointers, constexprs=constexprs, floats=list(floats),
                 num_warps=num_warps, capabilities=list(capabilities))
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env)

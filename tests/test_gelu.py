@@ -260,3 +260,18 @@ def test_gpu_backward_deterministic_large(device):
     for other in runs[1:]:
         for a, c in zip(runs[0], other):
             assert torch.equal(a, c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the kernels compile for real GPUs (the interpreter accepts code the compiler rejects)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the other tests compile the kernels for real")
+@pytest.mark.parametrize("tanh", [False, True], ids=["erf", "tanh"])
+def test_kernels_compile_for_cuda(tanh):
+    from helpers import aot_compile_cuda
+
+    pointers = {"X": "bf16", "Y": "bf16", "DY": "bf16", "DX": "bf16", "B": "fp32", "DB_PARTIAL": "fp32"}
+    aot_compile_cuda("fastbert.ops.gelu", "_bias_gelu_fwd_kernel", pointers,
+                     dict(HAS_BIAS=True, TANH=tanh, BLOCK_M=4, BLOCK_N=1024), num_warps=8)
+    aot_compile_cuda("fastbert.ops.gelu", "_bias_gelu_bwd_kernel", pointers,
+                     dict(HAS_BIAS=True, COMPUTE_DB=True, TANH=tanh, BLOCK_M=2, BLOCK_N=1024), num_warps=8)

@@ -365,3 +365,27 @@ def test_gpu_backward_deterministic_large(device):
     for other in runs[1:]:
         for a, c in zip(runs[0], other):
             assert torch.equal(a, c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the kernels compile for real GPUs (the interpreter accepts code the compiler rejects)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the other tests compile the kernels for real")
+@pytest.mark.parametrize("dropout", [False, True], ids=["plain", "dropout"])
+def test_kernels_compile_for_cuda(dropout):
+    from helpers import aot_compile_cuda
+
+    act = {name: "bf16" for name in ("X", "R", "Y", "DY", "DRES", "DX")}
+    params = {"W": "fp32", "B": "fp32", "MEAN": "fp32", "RSTD": "fp32", "SEED": "i64", "DW_PARTIAL": "fp32",
+              "DB_PARTIAL": "fp32"}
+    floats = ("eps", "dropout_p", "dropout_scale")
+    aot_compile_cuda(
+        "fastbert.ops.layer_norm", "_layer_norm_fwd_kernel", {**act, **params},
+        dict(HAS_RESIDUAL=True, HAS_BIAS=True, HAS_DROPOUT=dropout, BLOCK_M=4, BLOCK_N=1024), floats=floats, num_warps=8,
+    )
+    aot_compile_cuda(
+        "fastbert.ops.layer_norm", "_layer_norm_bwd_kernel", {**act, **params},
+        dict(HAS_RESIDUAL=True, HAS_DROPOUT=dropout, STORE_DRES=dropout, STORE_DX=True, COMPUTE_DW=True,
+             COMPUTE_DB=True, BLOCK_M=2, BLOCK_N=1024),
+        floats=floats, num_warps=8,
+    )

@@ -27,9 +27,9 @@ from .. import _backend
 from .reference import bias_gelu_ref
 
 APPROXIMATIONS = ("none", "tanh")
-_SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
-_INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 * pi)
-_SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2 / pi)
+# The constants are written inline in the kernels: 1/sqrt(2) = 0.7071067811865476, 1/sqrt(2 pi) = 0.3989422804014327,
+# sqrt(2/pi) = 0.7978845608028654. (The compiler rejects plain-float globals inside @triton.jit code, and the
+# interpreter of some Triton versions mishandles tl.constexpr globals in arithmetic; literals work in both.)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -50,17 +50,17 @@ def _gelu_and_grad(z, TANH: tl.constexpr, NEED_GRAD: tl.constexpr):
     """(gelu(z), d gelu / dz) in fp32; the derivative is 0.0 when NEED_GRAD is False."""
     if TANH:
         z2 = z * z
-        t, sech2 = _tanh_and_sech2(_SQRT_2_OVER_PI * z * (1.0 + 0.044715 * z2))
+        t, sech2 = _tanh_and_sech2(0.7978845608028654 * z * (1.0 + 0.044715 * z2))
         y = 0.5 * z * (1.0 + t)
         if NEED_GRAD:
-            dydz = 0.5 * (1.0 + t) + 0.5 * z * sech2 * _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * z2)
+            dydz = 0.5 * (1.0 + t) + 0.5 * z * sech2 * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z2)
         else:
             dydz = 0.0
     else:
-        cdf = 0.5 * (1.0 + tl.math.erf(z * _SQRT1_2))
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
         y = z * cdf
         if NEED_GRAD:
-            dydz = cdf + z * tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
+            dydz = cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
         else:
             dydz = 0.0
     return y, dydz
@@ -127,11 +127,13 @@ def _bias_gelu_bwd_kernel(
 _CONFIG_OVERRIDE: dict[str, int] = {}
 
 
-def _config(n: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps): tiles of ~4K elements, at most 1024 columns wide."""
+def _config(n: int, backward: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps): tiles of ~4K elements forward (~2K backward, which holds more live values:
+    ptxas gives ~120 registers/thread for 4K-element backward tiles on sm_90), at most 1024 columns wide."""
     block_n = _CONFIG_OVERRIDE.get("block_n", min(1024, max(16, triton.next_power_of_2(n))))
-    block_m = _CONFIG_OVERRIDE.get("block_m", max(1, 4096 // block_n))
-    warps = _CONFIG_OVERRIDE.get("warps", 8 if block_m * block_n >= 4096 else 4)
+    block_m = _CONFIG_OVERRIDE.get("block_m", max(1, (2048 if backward else 4096) // block_n))
+    per_warp = 256 if backward else 512  # 8 (backward) or 16 (forward) elements per thread
+    warps = _CONFIG_OVERRIDE.get("warps", max(4, min(16, block_m * block_n // per_warp)))
     return block_m, block_n, warps
 
 
@@ -179,7 +181,7 @@ def _bias_gelu_bwd(
     need_db = need_db and bias is not None
     if M == 0 or N == 0:
         return dx, (torch.zeros_like(bias) if need_db else empty)
-    block_m, block_n, warps = _config(N)
+    block_m, block_n, warps = _config(N, backward=True)
     col_blocks = triton.cdiv(N, block_n)
     if x.device.type == "cuda":
         # enough row programs to fill the GPU a few times over, counting the column blocks
