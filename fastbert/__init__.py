@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: F401
 from .config import BertConfig  # noqa: F401
+from .patch import patch, unpatch  # noqa: F401
 from .models import (  # noqa: F401
     BertForMaskedLM,
     BertForNextSentencePrediction,
@@ -27,5 +28,7 @@ __all__ = [
     "BertForTokenClassification",
     "BertForQuestionAnswering",
     "ops",
+    "patch",
+    "unpatch",
     "__version__",
 ]
