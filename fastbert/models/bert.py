@@ -486,6 +486,8 @@ class BertModel(BertPreTrainedModel):
     HF's eager attention leaves values computed from garbage-in rows; compare real positions only).
 
     Set ``model.check_inputs = False`` to skip the input validation (one more device->host sync per forward).
+    Inside ``torch.compile`` both the validation and the internal unpadding are skipped (they need host syncs and
+    data-dependent shapes); pass the collator's packed batch to a compiled model to run padding-free.
     """
 
     # Unpad when at least this fraction of the padded batch is padding. Chosen from `benchmarks/bench_bert.py`'s
@@ -516,7 +518,8 @@ class BertModel(BertPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Padded: input_ids [batch, seqlen] (+ attention_mask). Packed: input_ids [total] + cu_seqlens + max_seqlen
         (position_ids default to 0..len-1 per sequence). Outputs keep the input's layout."""
-        if self.check_inputs:
+        compiling = _is_compiling()
+        if self.check_inputs and not compiling:  # value checks need a host sync: skipped inside torch.compile graphs
             _check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -528,7 +531,7 @@ class BertModel(BertPreTrainedModel):
         else:
             if position_ids is None:
                 position_ids = self.embeddings.position_ids[:, : input_ids.shape[1]].expand_as(input_ids)
-            unpadded = self._maybe_unpad(attention_mask)
+            unpadded = None if compiling else self._maybe_unpad(attention_mask)  # data-dependent shapes: not traced
             if unpadded is None:
                 attn = AttentionInputs(attention_mask=attention_mask)
             else:
@@ -569,6 +572,11 @@ class BertModel(BertPreTrainedModel):
         indices = torch.argsort((~flat).to(torch.uint8), stable=True)[:total]
         cu_seqlens = reference.seqlens_to_cu_seqlens(seqlens)
         return indices, cu_seqlens, int(seqlens_host.max())
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def pad_output(packed: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
