@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastbert.ops import bias_gelu  # noqa: F401  (the package attribute first, as in test_layer_norm.py)
 from fastbert.ops.gelu import BiasGeluFn, bias_gelu
 from fastbert.ops.reference import bias_gelu_ref
 from helpers import FLOOR, K_GRAD, K_OUT, maxerr

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 # Resolve the package attribute first: importing the submodule fastbert.ops.layer_norm before anything asked for
 # fastbert.ops.layer_norm (the function) would leave the package attribute bound to the module.
-from fastbert.ops import layer_norm  # noqa: F401  (same function as imported below)
 from fastbert.ops._dropout import draw_seed, dropout_mask
 from fastbert.ops.layer_norm import MAX_HIDDEN, LayerNormFn, _layer_norm_with_dropout_mask, layer_norm
 from fastbert.ops.reference import layer_norm_ref
