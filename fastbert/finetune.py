@@ -27,7 +27,7 @@ PROG = "python -m fastbert.finetune"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=T.HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="CSV file with a header row")
     g.add_argument("--text-column", default="text", help="column with the text to classify")

@@ -35,7 +35,7 @@ PROG = "python -m fastbert.pretrain"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=T.HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="CSV file with a header, or a text file (blank line between documents)")
     g.add_argument("--format", choices=("auto", "csv", "text"), default="auto",

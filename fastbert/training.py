@@ -14,6 +14,7 @@ A checkpoint is a dict loadable with ``torch.load(..., weights_only=True)`` (ten
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -450,8 +451,7 @@ class TrainLoop:
 
         steps_per_epoch = len(self.batches) // self.grad_accum
         if steps_per_epoch == 0:
-            raise CLIError(f"not enough data for one optimizer step: {self.batches.num_samples} examples, batch size "
-                           f"{self.batches.batch_size} x {self.grad_accum} accumulation x {self.dist.world_size} ranks")
+            raise ValueError("not enough data for one optimizer step (check with total_steps_for first)")
         target = self.total_steps if stop_after is None else min(self.total_steps, position.step + stop_after)
         bar = tqdm(total=self.total_steps, initial=position.step, desc=self.desc, disable=not self.progress,
                    dynamic_ncols=True, file=sys.stderr)
@@ -552,20 +552,29 @@ def default_attn(device: torch.device) -> str:
     return "fused" if device.type == "cuda" else "sdpa"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: x)" only for real defaults that the help text does not already describe."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_common_args(parser, *, default_lr: float, default_batch: int, default_seq: int) -> None:
     """Options both entry points share (optimisation, checkpoints, devices, progress)."""
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--max-seq-len", type=int, default=default_seq, help="tokens per sequence incl. specials (%(default)s)")
-    g.add_argument("--batch-size", type=int, default=default_batch, help="sequences per micro-batch per process (%(default)s)")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (%(default)s)")
-    g.add_argument("--lr", type=float, default=default_lr, help="peak AdamW learning rate (%(default)s)")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (%(default)s)")
+    g.add_argument("--max-seq-len", type=int, default=default_seq, help="tokens per sequence incl. specials")
+    g.add_argument("--batch-size", type=int, default=default_batch, help="sequences per micro-batch per process")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=default_lr, help="peak AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: --warmup-ratio)")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="warmup as a fraction of all steps (%(default)s)")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, 0 = off (%(default)s)")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="warmup as a fraction of all steps")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, 0 = off")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs over the data)")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --steps is not given (%(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="seed for init, data order, masks and dropout (%(default)s)")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --steps is not given")
+    g.add_argument("--seed", type=int, default=0, help="seed for init, data order, masks and dropout")
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default=None,
@@ -573,7 +582,7 @@ def add_common_args(parser, *, default_lr: float, default_batch: int, default_se
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--packed", action="store_true", help="padding-free batches (cu_seqlens) instead of padding")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (%(default)s)")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     g = parser.add_argument_group("checkpoints")
     g.add_argument("--output", required=True, help="run folder: checkpoint.pt, log.jsonl and the exported model")
@@ -607,6 +616,10 @@ def check_common_args(args) -> None:
 
 
 def total_steps_for(args, batches: EpochBatches) -> int:
+    """--steps, or --epochs worth of optimizer steps; CLIError when the data cannot fill one step."""
+    if len(batches) // args.grad_accum == 0:
+        raise CLIError(f"not enough data for one optimizer step: {batches.num_samples} examples, batch size "
+                       f"{batches.batch_size} x {args.grad_accum} accumulation x {batches.world_size} processes")
     if args.steps is not None:
         return args.steps
     return max(1, int(math.floor(args.epochs * (len(batches) // args.grad_accum))))

@@ -159,7 +159,7 @@ def _write(path, text):
 
 
 @pytest.mark.parametrize("case", ["missing-file", "empty-text", "empty-csv", "csv-no-column", "one-document",
-                                  "vocab-no-mask", "vocab-missing"])
+                                  "vocab-no-mask", "vocab-missing", "batch-larger-than-data"])
 def test_bad_input(corpus, tmp_path, capsys, case):
     out = tmp_path / "out"
     args = base_args(corpus, out)
@@ -183,9 +183,12 @@ def test_bad_input(corpus, tmp_path, capsys, case):
         tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(20)]
         args += ["--vocab", str(_write(tmp_path / "vocab.txt", "\n".join(tokens) + "\n"))]
         needles = ["[MASK]", "vocab.txt"]
-    else:
+    elif case == "vocab-missing":
         args += ["--vocab", str(tmp_path / "no-vocab.txt")]
         needles = ["no-vocab.txt", "no such file"]
+    else:
+        args[args.index("--batch-size") + 1] = "1000"
+        needles = ["not enough data for one optimizer step"]
     _expect_error(capsys, args, *needles)
     assert not out.exists(), "a failed run must not create its output folder"
 
