@@ -126,12 +126,12 @@ def _tokenize(texts: list[str], vocab_file: str, lowercase: bool, max_seq_len: i
 
 def _model_files(folder: str) -> tuple[str, str, bool]:
     """(folder holding config.json, vocab.txt path, lowercase) of a pretrained model folder."""
-    from .models.bert import _resolve_model_folder
+    from .models.bert import resolve_model_folder
 
     if not os.path.isdir(folder):
         raise T.CLIError(f"--model {folder!r}: no such folder")
     try:
-        model_dir = _resolve_model_folder(folder)
+        model_dir = resolve_model_folder(folder)
     except FileNotFoundError as exc:
         raise T.CLIError(f"--model: {exc}") from None
     vocab = next((os.path.join(d, "vocab.txt") for d in (model_dir, folder)

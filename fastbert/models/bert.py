@@ -300,7 +300,7 @@ class BertPreTrainedModel(nn.Module):
         checkpoint lacks are freshly initialised (logged), and heads this class lacks are ignored (logged). Missing
         encoder weights, unknown keys and shape mismatches raise ValueError.
         """
-        folder = _resolve_model_folder(path)
+        folder = resolve_model_folder(path)
         if attn_implementation is not None:
             config_overrides["attn_implementation"] = attn_implementation
         config = BertConfig.from_pretrained(folder, **config_overrides)
@@ -358,7 +358,9 @@ class BertPreTrainedModel(nn.Module):
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 
-def _resolve_model_folder(path: str | os.PathLike) -> str:
+def resolve_model_folder(path: str | os.PathLike) -> str:
+    """The folder holding config.json: ``path`` itself, or the Transformer sub-folder a sentence-transformers
+    modules.json names. Local paths only."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r} is not a local model folder (fastbert never downloads weights)")
