@@ -146,6 +146,8 @@ def run(device: torch.device | None = None, quick: bool = False) -> list[dict]:
                 row = {"bench": "attention", "provider": provider, "mode": mode,
                        "shape": f"{batch}x{seqlen}x{HEADS}x{HEAD_DIM}", "lengths": kind,
                        "real_tokens": int(lengths.sum()), "dtype": str(dtype).replace("torch.", "")}
+                if kind == "imdb" and batch == 32:  # the plotted series: the target shape vs seqlen
+                    row["max_len"] = seqlen
                 rows.append(row)
                 try:
                     _measure(row, provider, mode, q, k, v, mask, lengths, device, batch, seqlen)
