@@ -263,6 +263,8 @@ class BertPreTrainedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def post_init(self) -> None:
+        """End of every model's __init__: share the config, initialise the weights, tie the decoder."""
+        _share_config(self)
         self.apply(self._init_weights)
         self.tie_weights()
 
@@ -504,7 +506,6 @@ class BertModel(BertPreTrainedModel):
         self.pooler = BertPooler(config) if add_pooling_layer else None
         self.check_inputs = True
         self.unpad = "auto"
-        _share_config(self)
         self.post_init()
 
     def forward(
@@ -703,7 +704,6 @@ class BertForPreTraining(_BertWithMLMDecoder):
         super().__init__(config)
         self.bert = _base(self.config)
         self.cls = BertPreTrainingHeads(self.config)
-        _share_config(self)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
@@ -728,7 +728,6 @@ class BertForMaskedLM(_BertWithMLMDecoder):
         super().__init__(config)
         self.bert = _base(self.config, add_pooling_layer=False)
         self.cls = BertOnlyMLMHead(self.config)
-        _share_config(self)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
@@ -745,7 +744,6 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         super().__init__(config)
         self.bert = _base(self.config)
         self.cls = BertOnlyNSPHead(self.config)
-        _share_config(self)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
@@ -769,7 +767,6 @@ class BertForSequenceClassification(BertPreTrainedModel):
         p = self.config.classifier_dropout if self.config.classifier_dropout is not None else self.config.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(self.config.hidden_size, self.config.num_labels)
-        _share_config(self)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
@@ -797,7 +794,6 @@ class BertForTokenClassification(BertPreTrainedModel):
         p = self.config.classifier_dropout if self.config.classifier_dropout is not None else self.config.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(self.config.hidden_size, self.config.num_labels)
-        _share_config(self)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
@@ -819,7 +815,6 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         super().__init__(config)
         self.bert = _base(self.config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(self.config.hidden_size, 2)
-        _share_config(self)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
