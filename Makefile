@@ -18,7 +18,7 @@ PIP_EXTRA ?=
 STAMP := $(VENV)/.fastbert-installed
 PYTEST_ARGS ?=
 
-.PHONY: test bench bench-quick asan install info clean
+.PHONY: test bench bench-quick asan install info clean gpu-check
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ asan:
 
 info: $(STAMP)
 	$(VPY) -m fastbert.info
+
+# On a GPU machine whose python3 already has torch + triton + pybind11 and no package registry (the lent device):
+# build fastbert._C in place (no venv, no downloads), run the GPU-marked tests, then the benchmark suite (which runs
+# even when a test fails; the exit status is the tests').
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) setup.py -q build_ext --inplace
+	PYTHONPATH=. $(GPU_PY) -m fastbert.info
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests -p no:cacheprovider -rf; rc=$$?; \
+	PYTHONPATH=. $(GPU_PY) benchmarks/run.py && exit $$rc
 
 clean:
 	rm -rf build *.egg-info fastbert/*.so csrc/tests/build
