@@ -20,7 +20,6 @@ providers (the Triton providers need CUDA: the interpreter is not a speed path).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
@@ -239,11 +238,7 @@ def test_attention_fastbert_packed_fwd_bwd(benchmark):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    rows = run(quick=args.quick)
-    print(harness.format_table(rows, COLUMNS))
+    harness.script_main(run, COLUMNS, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

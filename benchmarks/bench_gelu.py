@@ -19,7 +19,6 @@ Target (issue #5, H100): bias+GELU >= 85% of copy bandwidth.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import itertools
 
@@ -212,17 +211,7 @@ def test_gelu_fastbert_fwd_bwd(benchmark):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sweep", action="store_true", help="CUDA: time launch-config overrides")
-    args = parser.parse_args()
-    device = harness.default_device()
-    if args.sweep:
-        if device.type != "cuda":
-            parser.error("--sweep needs CUDA")
-        sweep(device)
-        return
-    print(harness.format_table(run(device, quick=args.quick), COLUMNS))
+    harness.script_main(run, COLUMNS, __doc__.splitlines()[0], sweep=sweep)
 
 
 if __name__ == "__main__":

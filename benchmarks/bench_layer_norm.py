@@ -25,7 +25,6 @@ Targets (issue #5, H100, 16384 x 768 bf16): fastbert fwd+bwd >= 85% of copy and 
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import itertools
 
@@ -262,17 +261,7 @@ def test_layer_norm_fastbert_dropout_fwd_bwd(benchmark):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sweep", action="store_true", help="CUDA: time launch-config overrides")
-    args = parser.parse_args()
-    device = harness.default_device()
-    if args.sweep:
-        if device.type != "cuda":
-            parser.error("--sweep needs CUDA")
-        sweep(device)
-        return
-    print(harness.format_table(run(device, quick=args.quick), COLUMNS))
+    harness.script_main(run, COLUMNS, __doc__.splitlines()[0], sweep=sweep)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,25 @@ def format_table(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(out)
 
 
+def script_main(run: Callable[..., list[dict[str, Any]]], columns: list[str], description: str,
+                sweep: Callable[[torch.device], Any] | None = None) -> None:
+    """``python benchmarks/bench_x.py [--quick] [--sweep]``: run one benchmark on the default device, print its table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="fewer shapes (smoke run)")
+    if sweep is not None:
+        parser.add_argument("--sweep", action="store_true", help="CUDA: time launch-config overrides")
+    args = parser.parse_args()
+    device = default_device()
+    if getattr(args, "sweep", False):
+        if device.type != "cuda":
+            parser.error("--sweep needs CUDA")
+        sweep(device)
+        return
+    print(format_table(run(device=device, quick=args.quick), columns))
+
+
 def add_speedups(rows: list[dict[str, Any]], baseline: str, key: str = "ms", group: tuple[str, ...] = ("shape", "mode"),
                  out: str | None = None) -> None:
     """rows[i]["speedup_vs_<baseline>"] = baseline ms / row ms, within rows sharing the ``group`` keys."""
