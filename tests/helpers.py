@@ -55,12 +55,13 @@ for name in kernel.arg_names:
         signature[name] = "fp32" if name in spec["floats"] else "i32"
 for cap in spec["capabilities"]:
     src = ASTSource(fn=kernel, signature=signature, constexprs=spec["constexprs"])
-    triton.compile(src, target=GPUTarget("cuda", cap, 32), options={"num_warps": spec["num_warps"]})
+    triton.compile(src, target=GPUTarget("cuda", cap, 32),
+                   options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
 """
 
 
 def aot_compile_cuda(module: str, kernel: str, pointers: dict, constexprs: dict, *, floats=(), num_warps: int = 4,
-                     capabilities=(90,)) -> None:
+                     num_stages: int = 3, capabilities=(90,)) -> None:
     """Compile a @triton.jit kernel for NVIDIA targets down to cubin without a GPU (Triton ships ptxas).
 
     The interpreter that runs kernels in CPU CI accepts code the compiler rejects (e.g. a plain-float global read
@@ -77,6 +78,6 @@ def aot_compile_cuda(module: str, kernel: str, pointers: dict, constexprs: dict,
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
     spec = dict(module=module, kernel=kernel, pointers=pointers, constexprs=constexprs, floats=list(floats),
-                num_warps=num_warps, capabilities=list(capabilities))
+                num_warps=num_warps, num_stages=num_stages, capabilities=list(capabilities))
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, f"{module}.{kernel} does not compile for CUDA {capabilities}:\n{proc.stderr[-3000:]}"

@@ -529,3 +529,32 @@ def test_gpu_compile_inductor():
     out = compiled(q, k, v)
     torch.testing.assert_close(out, attention(q, k, v, attention_mask=mask), atol=0, rtol=0)
     out.float().sum().backward()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the CUDA compiler (the interpreter accepts code the compiler rejects): every kernel, for sm_90, with the launch
+# parameters the launchers pick on a GPU, without a GPU (Triton ships ptxas)
+# ----------------------------------------------------------------------------------------------------------------
+_KERNEL_POINTERS = {
+    "fwd": ("_attn_fwd_kernel", dict(Q="bf16", K="bf16", V="bf16", O="bf16", LSE="fp32", MASK="i64",
+                                     CU_SEQLENS="i32", SEED="i64")),
+    "dq": ("_attn_bwd_dq_kernel", dict(Q="bf16", K="bf16", V="bf16", O="bf16", DO="bf16", LSE="fp32",
+                                       DELTA="fp32", DQ="bf16", MASK="i64", CU_SEQLENS="i32", SEED="i64")),
+    "dkdv": ("_attn_bwd_dkdv_kernel", dict(Q="bf16", K="bf16", V="bf16", DO="bf16", LSE="fp32", DELTA="fp32",
+                                           DK="bf16", DV="bf16", MASK="i64", CU_SEQLENS="i32", SEED="i64")),
+}
+
+
+@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv"])
+@pytest.mark.parametrize("head_dim,packed,dropout", [(32, False, True), (64, True, False), (128, False, False)])
+def test_kernels_compile_for_cuda(kind, head_dim, packed, dropout, monkeypatch):
+    from helpers import aot_compile_cuda
+
+    kernel, pointers = _KERNEL_POINTERS[kind]
+    monkeypatch.setattr(attn_mod._backend, "TRITON_INTERPRET", False)  # the GPU launch parameters, not the CPU ones
+    launch = attn_mod._blocks(head_dim, torch.bfloat16, kind)
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=launch["BLOCK_M"], BLOCK_N=launch["BLOCK_N"], BLOCK_R=256,
+                      IS_PACKED=packed, HAS_MASK=not packed, HAS_DROPOUT=dropout, DOT_PRECISION="tf32")
+    floats = ("qk_scale", "softmax_scale", "dropout_p", "dropout_scale")
+    aot_compile_cuda("fastbert.ops.attention", kernel, pointers, constexprs, floats=floats,
+                     num_warps=launch["num_warps"], num_stages=launch["num_stages"])
