@@ -269,23 +269,8 @@ def run(args) -> int:
         T.check_on_all_ranks(check_resume, dist_info)
 
     # ---- build ---------------------------------------------------------------------------------------------------
-    model.to(device)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-    ddp_model = model
-    if dist_info.distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = T.build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = T.warmup_linear_decay(optimizer, warmup, total_steps)
-    position = T.LoopPosition()
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        position = T.LoopPosition(**checkpoint["position"])
-        T.restore_rng(checkpoint["rng"][dist_info.rank])
-    elif dist_info.rank:
-        T.seed_everything(args.seed + 1_000_003 * dist_info.rank)
+    ddp_model, optimizer, scheduler, position = T.prepare_training(model, checkpoint, args, dist_info, warmup,
+                                                                   total_steps)
 
     collator = ClassificationCollator(special.pad_token_id, args.packed)
     log_path = os.path.join(args.output, T.LOG_NAME)

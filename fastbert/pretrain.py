@@ -207,23 +207,9 @@ def run(args) -> int:
     # ---- build ---------------------------------------------------------------------------------------------------
     device = dist_info.device
     T.seed_everything(args.seed)
-    model = BertForPreTraining(config).to(device)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-    ddp_model = model
-    if dist_info.distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = T.build_optimizer(model, args.lr, args.weight_decay)
-    scheduler = T.warmup_linear_decay(optimizer, warmup, total_steps)
-    position = T.LoopPosition()
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        position = T.LoopPosition(**checkpoint["position"])
-        T.restore_rng(checkpoint["rng"][dist_info.rank])
-    elif dist_info.rank:
-        T.seed_everything(args.seed + 1_000_003 * dist_info.rank)  # own dropout stream per rank
+    model = BertForPreTraining(config)
+    ddp_model, optimizer, scheduler, position = T.prepare_training(model, checkpoint, args, dist_info, warmup,
+                                                                   total_steps)
 
     collator = MLMCollator.from_vocab(tokens, mlm_probability=args.mlm_probability,
                                       whole_word_mask=args.whole_word_mask, packed=args.packed, seed=args.seed)

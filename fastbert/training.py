@@ -378,6 +378,33 @@ class LoopPosition:
     batch_in_epoch: int = 0
 
 
+def prepare_training(model: torch.nn.Module, checkpoint: dict[str, Any] | None, args, dist_info: DistInfo,
+                     warmup: int, total_steps: int):
+    """Move ``model`` to the run's device, wrap it for DDP, build AdamW + the warmup/linear-decay schedule, and
+    restore model, optimizer, scheduler, loop position and RNG from ``checkpoint`` when resuming.
+
+    Returns (model to call, optimizer, scheduler, LoopPosition)."""
+    device = dist_info.device
+    model.to(device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    ddp_model = model
+    if dist_info.distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    scheduler = warmup_linear_decay(optimizer, warmup, total_steps)
+    position = LoopPosition()
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        position = LoopPosition(**checkpoint["position"])
+        restore_rng(checkpoint["rng"][dist_info.rank])
+    elif dist_info.rank:
+        seed_everything(args.seed + 1_000_003 * dist_info.rank)  # own dropout stream per rank
+    return ddp_model, optimizer, scheduler, position
+
+
 @dataclasses.dataclass
 class StepStats:
     """Sums over one optimizer step's micro-batches (all ranks): loss (weighted by micro-batch count), correct
