@@ -9,6 +9,7 @@ from typing import Any
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+JSON_ATTN_KEY = "fastbert_attn_implementation"
 
 
 @dataclasses.dataclass
@@ -77,14 +78,22 @@ class BertConfig:
         extra = {k: v for k, v in config.items() if k not in known and k != "extra"}
         if "id2label" in config and "num_labels" not in config:
             kwargs["num_labels"] = len(config["id2label"])
-        # HF stores the implementation as _attn_implementation (not serialized in recent versions)
-        if "_attn_implementation" in extra and "attn_implementation" not in kwargs:
-            extra.pop("_attn_implementation")
+        # config.json keeps our choice under its own key: transformers reads "attn_implementation" as its own
+        # setting and rejects "fused", so a folder we save must not carry it under that name
+        saved_impl = extra.pop(JSON_ATTN_KEY, None)
+        if saved_impl is not None and "attn_implementation" not in overrides:
+            kwargs["attn_implementation"] = saved_impl
+        if kwargs.get("attn_implementation") not in (None, *ATTN_IMPLEMENTATIONS) and "attn_implementation" not in overrides:
+            kwargs.pop("attn_implementation")  # transformers' own value (e.g. "flash_attention_2"): not ours to read
+        extra.pop("_attn_implementation", None)  # transformers' runtime field, never a setting of ours
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
+        """The config.json content: HF's fields, the extra keys, and our attention choice under JSON_ATTN_KEY."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+               if f.name not in ("extra", "attn_implementation")}
         out.update(copy.deepcopy(self.extra))
+        out[JSON_ATTN_KEY] = self.attn_implementation
         out.setdefault("model_type", "bert")
         return out
 
@@ -113,7 +122,7 @@ class BertConfig:
         picks HF's attention; by default our eager/sdpa choice carries over and "fused" maps to "sdpa"."""
         import transformers
 
-        fields = {k: v for k, v in self.to_dict().items() if k != "attn_implementation"}
+        fields = {k: v for k, v in self.to_dict().items() if k != JSON_ATTN_KEY}
         impl = attn_implementation or ("sdpa" if self.attn_implementation == "fused" else self.attn_implementation)
         config = transformers.BertConfig(**fields)
         config._attn_implementation = impl

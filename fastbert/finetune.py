@@ -262,9 +262,8 @@ def run(args) -> int:
     model = T.check_on_all_ranks(load_model, dist_info)
     if checkpoint is not None:
         def check_resume():
-            saved = {k: v for k, v in checkpoint["config"].items() if k not in ("attn_implementation", "architectures")}
-            now = {k: v for k, v in model.config.to_dict().items() if k not in ("attn_implementation", "architectures")}
-            T.compare_run_config(saved, now, resume_path)
+            T.compare_run_config(T.comparable_config(checkpoint["config"]), T.comparable_config(model.config.to_dict()),
+                                 resume_path)
             T.compare_run_config(checkpoint["run"], run_config, resume_path)
         T.check_on_all_ranks(check_resume, dist_info)
 

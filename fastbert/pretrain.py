@@ -126,10 +126,6 @@ def _model_config(args, special, device: torch.device):
     return config
 
 
-def _comparable_config(config_dict: dict) -> dict:
-    return {k: v for k, v in config_dict.items() if k not in ("attn_implementation", "architectures")}
-
-
 def _compute(device: torch.device):
     def compute(model, batch):
         inputs = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
@@ -197,7 +193,7 @@ def run(args) -> int:
     }
     if checkpoint is not None:
         def check_resume():
-            T.compare_run_config(_comparable_config(checkpoint["config"]), _comparable_config(config.to_dict()),
+            T.compare_run_config(T.comparable_config(checkpoint["config"]), T.comparable_config(config.to_dict()),
                                  resume_path)
             if list(checkpoint["vocab"]) != tokens:
                 raise T.CLIError(f"--resume: {resume_path!r} was trained with another vocabulary")

@@ -302,6 +302,13 @@ def load_checkpoint(path: str, kind: str) -> dict[str, Any]:
     return state
 
 
+def comparable_config(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """A model config as resume compares it: the attention path and the architectures list may change."""
+    from .config import JSON_ATTN_KEY
+
+    return {k: v for k, v in config_dict.items() if k not in (JSON_ATTN_KEY, "attn_implementation", "architectures")}
+
+
 def compare_run_config(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
     """CLIError naming the fields where a checkpoint's run configuration differs from this run's."""
     diffs = [f"{k}={saved.get(k)!r} in the checkpoint vs {current.get(k)!r} now"

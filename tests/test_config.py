@@ -53,3 +53,16 @@ def test_model_does_not_mutate_callers_config():
     assert m.encoder.layer[0].attention.self.config.attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="attn_implementation"):
         m.set_attn_implementation("nope")
+
+
+def test_saved_folder_loads_in_transformers_with_any_attn_implementation(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    for impl in ("eager", "sdpa", "fused"):
+        model = fastbert.BertModel(BertConfig(hidden_size=64, num_attention_heads=2, intermediate_size=128,
+                                              num_hidden_layers=1, vocab_size=100, attn_implementation=impl))
+        model.save_pretrained(tmp_path / impl)
+        saved = json.loads((tmp_path / impl / "config.json").read_text())
+        assert "attn_implementation" not in saved and saved["fastbert_attn_implementation"] == impl
+        transformers.BertModel.from_pretrained(tmp_path / impl)  # transformers must not see "fused"
+        assert fastbert.BertModel.from_pretrained(tmp_path / impl).config.attn_implementation == impl
+        assert fastbert.BertModel.from_pretrained(tmp_path / impl, attn_implementation="sdpa").config.attn_implementation == "sdpa"
