@@ -18,7 +18,7 @@ PIP_EXTRA ?=
 STAMP := $(VENV)/.fastbert-installed
 PYTEST_ARGS ?=
 
-.PHONY: test bench bench-quick asan install info clean gpu-check
+.PHONY: test bench bench-quick asan install info clean gpu-build gpu-test gpu-bench gpu-check
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,13 +48,22 @@ info: $(STAMP)
 	$(VPY) -m fastbert.info
 
 # On a GPU machine whose python3 already has torch + triton + pybind11 and no package registry (the lent device):
-# build fastbert._C in place (no venv, no downloads), run the GPU-marked tests, then the benchmark suite (which runs
-# even when a test fails; the exit status is the tests').
+# build fastbert._C in place (no venv, no downloads), then the GPU-marked tests and/or the benchmark suite.
+# gpu-check runs both (the benchmarks run even when a test fails; the exit status is the tests').
 GPU_PY ?= python3
-gpu-check:
+GPU_TEST_ARGS ?=
+gpu-build:
 	$(GPU_PY) setup.py -q build_ext --inplace
 	PYTHONPATH=. $(GPU_PY) -m fastbert.info
-	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests -p no:cacheprovider -rf; rc=$$?; \
+
+gpu-test: gpu-build
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests -p no:cacheprovider -rf $(GPU_TEST_ARGS)
+
+gpu-bench: gpu-build
+	PYTHONPATH=. $(GPU_PY) benchmarks/run.py
+
+gpu-check: gpu-build
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests -p no:cacheprovider -rf $(GPU_TEST_ARGS); rc=$$?; \
 	PYTHONPATH=. $(GPU_PY) benchmarks/run.py && exit $$rc
 
 clean:
