@@ -272,23 +272,12 @@ def run(args) -> int:
                                                                    total_steps)
 
     collator = ClassificationCollator(special.pad_token_id, args.packed)
-    log_path = os.path.join(args.output, T.LOG_NAME)
-    if dist_info.is_main:
-        os.makedirs(args.output, exist_ok=True)
-        if checkpoint is not None:
-            T.truncate_log(log_path, position.step)
-        elif os.path.exists(log_path):
-            os.remove(log_path)
-    T.barrier(dist_info)
+    log_path = T.prepare_log(args.output, checkpoint is not None, position, dist_info)
 
     def on_checkpoint(pos, rng_states):
-        T.save_checkpoint(os.path.join(args.output, T.CHECKPOINT_NAME), {
-            "format": T.CHECKPOINT_FORMAT, "kind": "finetune", "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "position": {"step": pos.step, "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch},
-            "rng": rng_states, "config": model.config.to_dict(), "run": run_config,
-            "args": {k: v for k, v in vars(args).items()},
-        })
+        T.save_checkpoint(os.path.join(args.output, T.CHECKPOINT_NAME),
+                          T.checkpoint_state("finetune", model, optimizer, scheduler, pos, rng_states, model.config.to_dict(),
+                                             run_config, args))
 
     autocast_dtype = T.autocast_dtype_for(device, args.precision)
     loop = T.TrainLoop(model=model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,

@@ -214,23 +214,12 @@ def run(args) -> int:
         collator.set_epoch(epoch)  # masks depend on (seed, epoch, sample index) only
         return T.make_loader(dataset, index_batches, collator, args.num_workers)
 
-    log_path = os.path.join(args.output, T.LOG_NAME)
-    if dist_info.is_main:
-        os.makedirs(args.output, exist_ok=True)
-        if checkpoint is not None:
-            T.truncate_log(log_path, position.step)
-        elif os.path.exists(log_path):
-            os.remove(log_path)
-    T.barrier(dist_info)
+    log_path = T.prepare_log(args.output, checkpoint is not None, position, dist_info)
 
     def on_checkpoint(pos, rng_states):
-        T.save_checkpoint(os.path.join(args.output, T.CHECKPOINT_NAME), {
-            "format": T.CHECKPOINT_FORMAT, "kind": "pretrain", "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "position": {"step": pos.step, "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch},
-            "rng": rng_states, "config": config.to_dict(), "vocab": tokens, "run": run_config,
-            "args": {k: v for k, v in vars(args).items()},
-        })
+        T.save_checkpoint(os.path.join(args.output, T.CHECKPOINT_NAME),
+                          T.checkpoint_state("pretrain", model, optimizer, scheduler, pos, rng_states, config.to_dict(),
+                                             run_config, args, vocab=tokens))
 
     loop = T.TrainLoop(model=model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,
                        dist_info=dist_info, batches=batches, make_batches=make_batches, compute=_compute(device),

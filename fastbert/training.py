@@ -302,6 +302,30 @@ def load_checkpoint(path: str, kind: str) -> dict[str, Any]:
     return state
 
 
+def prepare_log(output: str, resuming: bool, position: "LoopPosition", dist_info: DistInfo) -> str:
+    """The run's log.jsonl path: a resumed run keeps the lines up to its step, a fresh run starts it anew."""
+    log_path = os.path.join(output, LOG_NAME)
+    if dist_info.is_main:
+        os.makedirs(output, exist_ok=True)
+        if resuming:
+            truncate_log(log_path, position.step)
+        elif os.path.exists(log_path):
+            os.remove(log_path)
+    barrier(dist_info)
+    return log_path
+
+
+def checkpoint_state(kind: str, model, optimizer, scheduler, pos: "LoopPosition", rng_states, config: dict,
+                     run_config: dict, args, **extra: Any) -> dict[str, Any]:
+    """Everything --resume needs to continue at the exact step, as one dict for save_checkpoint."""
+    return {
+        "format": CHECKPOINT_FORMAT, "kind": kind, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "position": {"step": pos.step, "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch},
+        "rng": rng_states, "config": config, "run": run_config, "args": dict(vars(args)), **extra,
+    }
+
+
 def comparable_config(config_dict: dict[str, Any]) -> dict[str, Any]:
     """A model config as resume compares it: the attention path and the architectures list may change."""
     from .config import JSON_ATTN_KEY
