@@ -11,7 +11,6 @@ Rules (read once, at import, because Triton itself decides interpreter vs. compi
 """
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
@@ -75,6 +74,10 @@ def use_triton(*tensors: torch.Tensor | None, op: str = "op") -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+_WARNED: set[tuple[str, str]] = set()
+
+
 def _warn_fallback(op: str, reason: str) -> None:
-    warnings.warn(f"fastbert.ops.{op}: using the PyTorch reference path: {reason}", RuntimeWarning, stacklevel=3)
+    if (op, reason) not in _WARNED:  # once per op and reason (a plain set: torch.compile traces it without fuss)
+        _WARNED.add((op, reason))
+        warnings.warn(f"fastbert.ops.{op}: using the PyTorch reference path: {reason}", RuntimeWarning, stacklevel=3)

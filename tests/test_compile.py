@@ -58,3 +58,26 @@ def test_packed_batch_compiles_fullgraph():
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(ids[real], cu_seqlens=cu, max_seqlen=11).last_hidden_state, ref,
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "fused"])
+def test_autocast_bf16_compiles_without_graph_breaks(impl, monkeypatch):
+    """bf16 autocast through the whole model; on CPU the fused ops take their reference path here (the Triton
+    interpreter miscomputes bf16 dots), so this checks the dispatch, dtypes and tracing, not the kernels."""
+    from fastbert import _backend
+
+    monkeypatch.setattr(_backend, "TRITON_INTERPRET", False)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = fastbert.BertModel(BertConfig(**TINY, attn_implementation=impl)).eval()
+    ids, mask = inputs()
+    real = mask.bool()
+    with torch.no_grad():
+        ref = model(ids, mask).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            explain = torch._dynamo.explain(model)(ids, mask)
+            out = torch.compile(model, backend="aot_eager", fullgraph=True)(ids, mask).last_hidden_state
+    assert explain.graph_break_count == 0, explain.break_reasons
+    # eager/sdpa end in nn.LayerNorm, which autocast runs in fp32; the fused LayerNorm returns its input's dtype
+    assert out.dtype == (torch.bfloat16 if impl == "fused" else torch.float32)
+    torch.testing.assert_close(out[real].float(), ref[real], atol=0.1, rtol=0.05)
