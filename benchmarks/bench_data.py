@@ -97,7 +97,7 @@ def time_pass(collate, data: list[list[dict]]) -> float:
     return time.perf_counter() - t0
 
 
-COLUMNS = ["provider", "threads", "batch", "corpus", "real_tokens", "seconds_per_pass", "real_tokens_per_s",
+COLUMNS = ["provider", "threads", "threads_used", "batch", "corpus", "real_tokens", "seconds_per_pass", "real_tokens_per_s",
            "speedup_vs_hf", "speedup_vs_hf_best"]
 
 
@@ -135,10 +135,16 @@ def run(device=None, quick: bool = False) -> list[dict]:
             # One sample = the mean of `passes` consecutive passes, long enough (tens of ms) that preemption by
             # other processes averages out as it does over one (long) HF pass.
             samples[k].append(sum(time_pass(collate, data) for _ in range(passes)) / passes)
+    from fastbert.data import MIN_TOKENS_PER_THREAD
+
     rows = []
-    for (name, threads, batch, _, _, _), times in zip(providers, samples):
+    for (name, threads, batch, _, data, _), times in zip(providers, samples):
         seconds = statistics.median(times)
-        rows.append({"bench": "data", "provider": name, "threads": threads, "batch": batch, "corpus": source,
+        # what the C++ side really used on an average batch (it splits only above MIN_TOKENS_PER_THREAD each)
+        mean_batch_tokens = real_tokens / len(data)
+        used = 1 if name.startswith("transformers") else max(1, min(threads, int(mean_batch_tokens // MIN_TOKENS_PER_THREAD)))
+        rows.append({"bench": "data", "provider": name, "threads": threads, "threads_used": used, "batch": batch,
+                     "corpus": source,
                      "real_tokens": real_tokens, "seconds_per_pass": seconds,
                      "real_tokens_per_s": real_tokens / seconds,
                      "real_tokens_per_s_best": real_tokens / min(times)})

@@ -13,6 +13,7 @@ using fastbert::Masker;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastbert C++ data pipeline: MLM masking, NSP pair building, padded and packed collation";
   m.attr("IGNORE_INDEX") = fastbert::kIgnoreIndex;
+  m.attr("MIN_TOKENS_PER_THREAD") = fastbert::kMinTokensPerThread;
 
   py::class_<Masker>(m, "MaskingConfig",
                      "Validated MLM masking configuration (see fastbert/data/masking.py for the semantics).")

@@ -21,6 +21,8 @@ from .masking import MASK64, masking_config
 from .tokenizer import SpecialTokens, VocabLike, continuation_table_from_vocab
 
 SAMPLE_INDEX_KEY = "sample_index"
+# a batch is split over C++ threads only when each thread gets at least this many tokens
+MIN_TOKENS_PER_THREAD = int(_C.MIN_TOKENS_PER_THREAD)
 
 
 def _to_torch(out: dict) -> dict[str, Any]:
