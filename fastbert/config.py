@@ -9,6 +9,8 @@ from typing import Any
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# transformers' GELU activation names -> torch's ``approximate`` argument ("gelu" is the exact erf form)
+GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
 JSON_ATTN_KEY = "fastbert_attn_implementation"
 
 

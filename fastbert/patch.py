@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .config import GELU_APPROXIMATE
 
-_GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
 
 
 def key_padding_mask(mask: torch.Tensor | None, batch: int, seqlen: int) -> torch.Tensor | None:
@@ -105,9 +105,9 @@ def patch(model: nn.Module) -> nn.Module:
         else:
             continue
         if cls.__name__ == "BertIntermediate":
-            if not isinstance(hidden_act, str) or hidden_act not in _GELU_APPROXIMATE:
+            if not isinstance(hidden_act, str) or hidden_act not in GELU_APPROXIMATE:
                 continue  # relu or a custom callable: nothing to fuse, keep transformers' module
-            module._fastbert_gelu = _GELU_APPROXIMATE[hidden_act]
+            module._fastbert_gelu = GELU_APPROXIMATE[hidden_act]
         module.__class__ = _fused_class(cls, forward)
         swapped += 1
     if swapped == 0:

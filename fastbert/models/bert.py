@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import ops
-from ..config import BertConfig
+from ..config import GELU_APPROXIMATE, BertConfig
 from ..ops import reference
 from .outputs import (
     BaseModelOutputWithPooling,
@@ -44,13 +44,12 @@ from .outputs import (
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-_GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     if name == "relu":
         return F.relu(x)
-    return F.gelu(x, approximate=_GELU_APPROXIMATE[name])
+    return F.gelu(x, approximate=GELU_APPROXIMATE[name])
 
 
 @dataclass
@@ -130,10 +129,9 @@ class BertSelfAttention(nn.Module):
         v = self.value(hidden).view(heads_shape)
         fn = reference.eager_attention if impl == "eager" else reference.sdpa_attention
         if attn.packed:
-            # eager/sdpa have no packed form: pad, attend, drop the padding again
-            qp, mask = reference.packed_to_padded(q, attn.cu_seqlens, attn.max_seqlen)
-            kp, _ = reference.packed_to_padded(k, attn.cu_seqlens, attn.max_seqlen)
-            vp, _ = reference.packed_to_padded(v, attn.cu_seqlens, attn.max_seqlen)
+            # eager/sdpa have no packed form: pad (q, k, v in one scatter), attend, drop the padding again
+            qkv, mask = reference.packed_to_padded(torch.stack((q, k, v), dim=1), attn.cu_seqlens, attn.max_seqlen)
+            qp, kp, vp = qkv.unbind(2)  # [batch, max_seqlen, heads, head_dim] each
             out = reference.padded_to_packed(fn(qp, kp, vp, mask, dropout_p), mask)
         else:
             out = fn(q, k, v, attn.attention_mask, dropout_p)
@@ -179,8 +177,8 @@ class BertIntermediate(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         act = self.config.hidden_act
-        if self.config.attn_implementation == "fused" and act in _GELU_APPROXIMATE:
-            return ops.bias_gelu(F.linear(hidden, self.dense.weight), self.dense.bias, approximate=_GELU_APPROXIMATE[act])
+        if self.config.attn_implementation == "fused" and act in GELU_APPROXIMATE:
+            return ops.bias_gelu(F.linear(hidden, self.dense.weight), self.dense.bias, approximate=GELU_APPROXIMATE[act])
         return activation(act, self.dense(hidden))
 
 
