@@ -15,12 +15,15 @@ ParallelCompile("FASTBERT_MAX_JOBS", default=0).install()
 SOURCES = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 if not SOURCES:
     raise RuntimeError("csrc/*.cpp not found: run the build from the repository root")
+# The headers: a change to one rebuilds the extension. MANIFEST.in puts them in the sdist.
+HEADERS = sorted(glob.glob(os.path.join("csrc", "*.h")))
 
 ext_modules = [
     Pybind11Extension(
         "fastbert._C",
         SOURCES,
         include_dirs=["csrc"],
+        depends=HEADERS,
         cxx_std=17,
         extra_compile_args=["-O3", "-pthread"],
         extra_link_args=["-pthread"],
