@@ -62,19 +62,19 @@ class Unavailable(RuntimeError):
 
 def _make_provider(provider: str, q, k, v, mask, lengths, device):
     """-> (fn(q, k, v) -> out, (q, k, v) inputs to differentiate, a context manager) for one provider."""
-    from fastbert.ops import reference
+    from fastbert.ops import padding, reference
 
     cuda = device.type == "cuda"
     if provider.startswith("fastbert"):
         if not cuda:
             raise Unavailable("needs CUDA (Triton kernels)")
-        from fastbert.ops.attention import attention
+        from fastbert.ops import attention
 
         if provider == "fastbert-padded":
             return (lambda q, k, v: attention(q, k, v, attention_mask=mask)), (q, k, v), contextlib.nullcontext
-        cu = reference.seqlens_to_cu_seqlens(lengths).to(device)
+        cu = padding.seqlens_to_cu_seqlens(lengths).to(device)
         max_seqlen = int(lengths.max())
-        packed = [reference.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v)]
+        packed = [padding.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v)]
         return (lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=max_seqlen)), packed, contextlib.nullcontext
     if provider == "eager":
         return (lambda q, k, v: reference.eager_attention(q, k, v, attention_mask=mask)), (q, k, v), contextlib.nullcontext
@@ -85,8 +85,8 @@ def _make_provider(provider: str, q, k, v, mask, lengths, device):
     if provider == "sdpa-flash-jagged":
         if not cuda:
             raise Unavailable("needs CUDA (flash backend)")
-        offsets = reference.seqlens_to_cu_seqlens(lengths).to(device).long()
-        values = [reference.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v)]  # [T, H, D]
+        offsets = padding.seqlens_to_cu_seqlens(lengths).to(device).long()
+        values = [padding.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v)]  # [T, H, D]
 
         def jagged(q, k, v):
             nq, nk, nv = (torch.nested.nested_tensor_from_jagged(t, offsets) for t in (q, k, v))  # [B, j, H, D]

@@ -73,7 +73,7 @@ def _make_provider(provider: str, x, b, approximate: str, device: torch.device):
     if provider == "fastbert":
         if not cuda:
             raise Unavailable("needs CUDA (Triton kernels; the interpreter is not a speed path)")
-        from fastbert.ops.gelu import bias_gelu
+        from fastbert.ops import bias_gelu
 
         return lambda: bias_gelu(x, b, approximate)
     if provider == "eager":
@@ -149,8 +149,8 @@ def run(device: torch.device | None = None, quick: bool = False) -> list[dict]:
 
 
 def sweep(device: torch.device, rows: int = 16384, n: int = 3072) -> None:
-    """CUDA: fwd and bwd GB/s for overrides of fastbert.ops.gelu's launch heuristics."""
-    mod = importlib.import_module("fastbert.ops.gelu")
+    """CUDA: fwd and bwd GB/s for overrides of fastbert.ops.fused_gelu's launch heuristics."""
+    mod = importlib.import_module("fastbert.ops.fused_gelu")
     x, b = _inputs(rows, n, torch.bfloat16, device)
     for block_m, block_n, warps in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (4, 8)):
         for per_sm in (2, 4, 8):

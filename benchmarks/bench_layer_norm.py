@@ -82,7 +82,7 @@ def _make_provider(provider: str, x, r, w, b, p: float, device: torch.device):
     if provider == "fastbert":
         if not cuda:
             raise Unavailable("needs CUDA (Triton kernels; the interpreter is not a speed path)")
-        from fastbert.ops.layer_norm import layer_norm
+        from fastbert.ops import layer_norm
 
         return (lambda: layer_norm(x, w, b, EPS, residual=r, dropout_p=p)), (x, r, w, b)
     if provider == "eager":
@@ -180,10 +180,10 @@ def run(device: torch.device | None = None, quick: bool = False) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# launch-heuristic sweep (CUDA): prints fwd and bwd GB/s for each override of fastbert.ops.layer_norm's configs
+# launch-heuristic sweep (CUDA): prints fwd and bwd GB/s for each override of fastbert.ops.fused_layer_norm's configs
 # ----------------------------------------------------------------------------------------------------------------
 def sweep(device: torch.device, rows: int = 16384, hiddens=(384, 768, 1024), p: float = 0.0) -> None:
-    mod = importlib.import_module("fastbert.ops.layer_norm")  # the module (fastbert.ops.layer_norm is the function)
+    mod = importlib.import_module("fastbert.ops.fused_layer_norm")
     for hidden in hiddens:
         x, r, w, b = _inputs(rows, hidden, torch.bfloat16, device)
         print(f"\nhidden {hidden}, rows {rows}, dropout {p}")

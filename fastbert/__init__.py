@@ -1,34 +1,40 @@
 """fastbert: fast BERT on NVIDIA GPUs, a drop-in for PyTorch / Hugging Face BERT.
 
-``import fastbert`` is cheap: Triton and the C++ extension are imported on first use.
+``import fastbert`` is cheap: the names below load on first access (models and ops import torch; Triton is imported
+only when a fused op or the "fused" path is first used; the C++ extension only by ``fastbert.data``).
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from . import ops  # noqa: F401
-from .config import BertConfig  # noqa: F401
-from .patch import patch, unpatch  # noqa: F401
-from .models import (  # noqa: F401
-    BertForMaskedLM,
-    BertForNextSentencePrediction,
-    BertForPreTraining,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-    BertPreTrainedModel,
-)
+_EXPORTS = {
+    "BertConfig": ".config",
+    "BertModel": ".models",
+    "BertForPreTraining": ".models",
+    "BertForMaskedLM": ".models",
+    "BertForNextSentencePrediction": ".models",
+    "BertForSequenceClassification": ".models",
+    "BertForTokenClassification": ".models",
+    "BertForQuestionAnswering": ".models",
+    "BertPreTrainedModel": ".models",
+    "patch": ".patch",
+    "unpatch": ".patch",
+}
+_SUBMODULES = ("ops", "models", "data", "config", "info")
 
-__all__ = [
-    "BertConfig",
-    "BertModel",
-    "BertForPreTraining",
-    "BertForMaskedLM",
-    "BertForNextSentencePrediction",
-    "BertForSequenceClassification",
-    "BertForTokenClassification",
-    "BertForQuestionAnswering",
-    "ops",
-    "patch",
-    "unpatch",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "ops", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -1,11 +1,12 @@
-"""The one dispatch point: may a fused op run its Triton kernel on these tensors?
+"""Triton or reference: may a fused op run its Triton kernel on these tensors? (Asked only by the fused functionals;
+which *path* a model runs is the other decision, ``fastbert.ops.dispatch.choose_path``.)
 
 Rules (read once, at import, because Triton itself decides interpreter vs. compiler when kernels are defined):
 
 * ``FASTBERT_DISABLE_TRITON=1``  -> never use Triton (PyTorch reference path everywhere).
 * CUDA tensors                   -> Triton kernels (compiled for the GPU).
-* CPU tensors + ``TRITON_INTERPRET=1`` (set *before* ``import fastbert``) -> Triton kernels in Triton's
-  interpreter (slow; this is how CPU CI tests the kernels).
+* CPU tensors + ``TRITON_INTERPRET=1`` (set before the first fused op is used: Triton reads it when the kernels are
+  defined, on first use) -> Triton kernels in Triton's interpreter (slow; this is how CPU CI tests the kernels).
 * CPU tensors otherwise           -> the plain-PyTorch reference in :mod:`fastbert.ops.reference`, with a
   one-time warning per op so a slow path is never silent.
 """
@@ -30,8 +31,8 @@ def _probe_triton() -> tuple[bool, str]:
     return True, f"triton {triton.__version__}" + (" (interpreter: TRITON_INTERPRET=1)" if TRITON_INTERPRET else "")
 
 
-# Probed once, when the first op module imports this one (those import triton anyway): a plain constant keeps
-# torch.compile from tracing a cached function call on every dispatch.
+# Probed once, when the first fused-op module imports this one (those import triton anyway; so does the path policy
+# when asked about a CUDA device): a plain constant keeps torch.compile from tracing a cached call on every dispatch.
 _TRITON_STATUS = _probe_triton()
 
 

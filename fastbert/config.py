@@ -7,20 +7,22 @@ import json
 import os
 from typing import Any
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
+ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "fused")  # "auto": see fastbert.ops.dispatch.choose_path
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # transformers' GELU activation names -> torch's ``approximate`` argument ("gelu" is the exact erf form)
 GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
 JSON_ATTN_KEY = "fastbert_attn_implementation"
+IGNORE_INDEX = -100  # label of positions without a target (Hugging Face's ignore_index)
 
 
 @dataclasses.dataclass
 class BertConfig:
     """Hyper-parameters of a BERT encoder. Defaults are BERT-base (uncased).
 
-    ``attn_implementation`` picks the self-attention path: "eager" (HF's naive matmul + additive mask + softmax +
-    dropout + matmul), "sdpa" (torch.nn.functional.scaled_dot_product_attention) or "fused" (fastbert's Triton kernels:
-    attention, dropout+residual+LayerNorm, bias+GELU). Keys of config.json this class does not know (architectures,
+    ``attn_implementation`` picks the path: "eager" (HF's naive matmul + additive mask + softmax + dropout +
+    matmul), "sdpa" (torch.nn.functional.scaled_dot_product_attention), "fused" (fastbert's Triton kernels:
+    attention, dropout+residual+LayerNorm, bias+GELU) or "auto" (the fastest correct one for the model's device;
+    ``fastbert.ops.choose_path`` decides). Keys of config.json this class does not know (architectures,
     id2label, ...) are kept in ``extra`` and written back unchanged.
     """
 
@@ -121,11 +123,11 @@ class BertConfig:
     # ---------------------------------------------------------------- Hugging Face interop
     def to_hf(self, attn_implementation: str | None = None):
         """The equivalent ``transformers.BertConfig`` (needs transformers). ``attn_implementation`` "eager"/"sdpa"
-        picks HF's attention; by default our eager/sdpa choice carries over and "fused" maps to "sdpa"."""
+        picks HF's attention; by default our eager/sdpa choice carries over and "fused" / "auto" map to "sdpa"."""
         import transformers
 
         fields = {k: v for k, v in self.to_dict().items() if k != JSON_ATTN_KEY}
-        impl = attn_implementation or ("sdpa" if self.attn_implementation == "fused" else self.attn_implementation)
+        impl = attn_implementation or ("sdpa" if self.attn_implementation in ("fused", "auto") else self.attn_implementation)
         config = transformers.BertConfig(**fields)
         config._attn_implementation = impl
         return config

@@ -126,7 +126,7 @@ def _tokenize(texts: list[str], vocab_file: str, lowercase: bool, max_seq_len: i
 
 def _model_files(folder: str) -> tuple[str, str, bool]:
     """(folder holding config.json, vocab.txt path, lowercase) of a pretrained model folder."""
-    from .models.bert import resolve_model_folder
+    from .models.loading import resolve_model_folder
 
     if not os.path.isdir(folder):
         raise T.CLIError(f"--model {folder!r}: no such folder")

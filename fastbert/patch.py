@@ -5,13 +5,15 @@
     fastbert.unpatch(model)      # back to the original classes
 
 How: each matching submodule keeps its parameters and attributes and only changes class, to a subclass of its
-own class whose ``forward`` calls fastbert's ops (one mapping, ``_FUSED_FORWARDS``, for every BertFor* model):
+own class whose ``forward`` calls the kernel table ``fastbert.ops.choose_path`` picks (``_FORWARDS`` maps module
+roles to forwards). The modules fused are exactly those fastbert's own ``BertModel`` runs through its table:
 
-* ``BertSelfAttention`` -> ``fastbert.ops.attention`` on the [batch, seqlen, heads, head_dim] projections, with the
-  key-padding mask recovered from whatever 4-D mask transformers passes (additive float or boolean);
-* ``BertSelfOutput`` / ``BertOutput`` -> ``fastbert.ops.layer_norm`` (dropout + residual + LayerNorm in one op);
-* ``BertIntermediate`` -> bias-free GEMM + ``fastbert.ops.bias_gelu`` (for "gelu" and the tanh variants);
-* every other ``nn.LayerNorm`` (embeddings, MLM head) -> ``fastbert.ops.layer_norm``.
+* ``BertSelfAttention`` -> ``Kernels.project_qkv`` + ``Kernels.attention`` on the [batch, seqlen, heads, head_dim]
+  projections, with the key-padding mask recovered from whatever mask transformers passes;
+* ``BertSelfOutput`` / ``BertOutput`` -> ``Kernels.add_layer_norm`` (dropout + residual + LayerNorm in one op);
+* ``BertIntermediate`` -> ``Kernels.dense_act`` (bias-free GEMM + bias + GELU);
+* ``BertPredictionHeadTransform`` (MLM head) -> ``Kernels.dense_act`` + ``Kernels.layer_norm``;
+* the embeddings' ``LayerNorm`` -> ``Kernels.layer_norm``.
 
 Outputs match the unpatched model at real token positions; at padded query positions the fused attention writes
 zeros where transformers attends over the real keys (values nobody should read). Attention weights are not
@@ -19,64 +21,53 @@ returned (``output_attentions`` gives None for them).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import ops
-from .config import GELU_APPROXIMATE
+from .config import GELU_APPROXIMATE, HIDDEN_ACTS
+from .ops import padding
+from .ops.dispatch import AttentionInputs, choose_path
 
 
-
-def key_padding_mask(mask: torch.Tensor | None, batch: int, seqlen: int) -> torch.Tensor | None:
-    """transformers' attention mask (None, [batch, seqlen] 0/1, [batch, 1, 1|seqlen, seqlen] additive or boolean)
-    -> a boolean [batch, seqlen] key mask (True = attend), or None when nothing is masked."""
-    if mask is None:
-        return None
-    if mask.dim() == 2:
-        return mask.bool()
-    if mask.dim() != 4:
-        raise ValueError(f"unsupported attention_mask of shape {tuple(mask.shape)} for a patched BertSelfAttention")
-    keep = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    keep = keep[:, 0]  # [batch, 1 | seqlen, seqlen]
-    # a padding mask is the same for every query row that has any real key; a key is real if any row may attend
-    keep = keep.any(dim=1)  # [batch, seqlen]
-    return keep.expand(batch, seqlen)
+def _dropout_p(module: nn.Module) -> float:
+    return module.dropout.p if module.training else 0.0
 
 
 def _self_attention_forward(self, hidden_states, attention_mask=None, *args, **kwargs):
     batch, seqlen = hidden_states.shape[:2]
-    heads_shape = (batch, seqlen, self.num_attention_heads, self.attention_head_size)
-    q = self.query(hidden_states).view(heads_shape)  # [batch, seqlen, heads, head_dim]
-    k = self.key(hidden_states).view(heads_shape)
-    v = self.value(hidden_states).view(heads_shape)
-    out = ops.attention(q, k, v, attention_mask=key_padding_mask(attention_mask, batch, seqlen),
-                        dropout_p=self.dropout.p if self.training else 0.0)
+    k = self._fastbert_kernels
+    q, key, v = k.project_qkv(hidden_states, self.query, self.key, self.value, self.num_attention_heads)
+    attn = AttentionInputs(attention_mask=padding.key_padding_mask(attention_mask, batch, seqlen))
+    out = k.attention(q, key, v, attn, _dropout_p(self))
     return out.reshape(batch, seqlen, -1), None  # (context, attention weights) as transformers expects
 
 
 def _add_layer_norm_forward(self, hidden_states, input_tensor):
-    ln = self.LayerNorm
-    return ops.layer_norm(self.dense(hidden_states), ln.weight, ln.bias, ln.eps, residual=input_tensor,
-                          dropout_p=self.dropout.p if self.training else 0.0)
+    return self._fastbert_kernels.add_layer_norm(self.dense(hidden_states), input_tensor, self.LayerNorm,
+                                                 _dropout_p(self))
 
 
 def _intermediate_forward(self, hidden_states):
-    return ops.bias_gelu(F.linear(hidden_states, self.dense.weight), self.dense.bias,
-                         approximate=self._fastbert_gelu)
+    return self._fastbert_kernels.dense_act(hidden_states, self.dense, self._fastbert_act)
+
+
+def _head_transform_forward(self, hidden_states):
+    k = self._fastbert_kernels
+    return k.layer_norm(k.dense_act(hidden_states, self.dense, self._fastbert_act), self.LayerNorm)
 
 
 def _layer_norm_forward(self, x):
-    return ops.layer_norm(x, self.weight, self.bias, self.eps)
+    return self._fastbert_kernels.layer_norm(x, self)
 
 
-_FUSED_FORWARDS = {
-    "BertSelfAttention": _self_attention_forward,
-    "BertSdpaSelfAttention": _self_attention_forward,  # transformers 4.x's sdpa variant
-    "BertSelfOutput": _add_layer_norm_forward,
-    "BertOutput": _add_layer_norm_forward,
-    "BertIntermediate": _intermediate_forward,
-    "LayerNorm": _layer_norm_forward,
+# role (class name) -> (forward, reads config.hidden_act)
+_FORWARDS = {
+    "BertSelfAttention": (_self_attention_forward, False),
+    "BertSdpaSelfAttention": (_self_attention_forward, False),  # transformers 4.x's sdpa variant
+    "BertSelfOutput": (_add_layer_norm_forward, False),
+    "BertOutput": (_add_layer_norm_forward, False),
+    "BertIntermediate": (_intermediate_forward, True),
+    "BertPredictionHeadTransform": (_head_transform_forward, True),
+    "BertEmbeddings.LayerNorm": (_layer_norm_forward, False),
 }
 _PATCHED: dict[type, type] = {}
 
@@ -88,27 +79,39 @@ def _fused_class(cls: type, forward) -> type:
     return _PATCHED[cls]
 
 
-def patch(model: nn.Module) -> nn.Module:
-    """Swap fused ops into a transformers BertModel / BertFor* model in place (weights untouched); returns it."""
+def _role(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> str | None:
+    cls = type(module).__name__
+    if cls in _FORWARDS:
+        return cls
+    if isinstance(module, nn.LayerNorm) and name.rpartition(".")[2] == "LayerNorm":
+        parent = parents.get(name.rpartition(".")[0])
+        if parent is not None and type(parent).__name__ == "BertEmbeddings":
+            return "BertEmbeddings.LayerNorm"
+    return None
+
+
+def patch(model: nn.Module, attn_implementation: str = "fused") -> nn.Module:
+    """Swap the ops of ``attn_implementation``'s path (see ``fastbert.ops.choose_path``; default "fused") into a
+    transformers BertModel / BertFor* model in place (weights untouched); returns it."""
+    device = next(model.parameters()).device
+    kernels = choose_path(attn_implementation, device).kernels
     hidden_act = getattr(getattr(model, "config", None), "hidden_act", "gelu")
+    known_act = isinstance(hidden_act, str) and (hidden_act in HIDDEN_ACTS or hidden_act in GELU_APPROXIMATE)
+    modules = dict(model.named_modules())
     swapped = 0
-    for module in model.modules():
-        cls = type(module)
-        if hasattr(cls, "_fastbert_original"):
+    for name, module in modules.items():
+        if hasattr(type(module), "_fastbert_original"):
             continue  # already patched
-        if cls is nn.LayerNorm:
-            if not module.elementwise_affine:
-                continue
-            forward = _FUSED_FORWARDS["LayerNorm"]
-        elif cls.__name__ in _FUSED_FORWARDS and cls.__name__ != "LayerNorm":
-            forward = _FUSED_FORWARDS[cls.__name__]
-        else:
+        role = _role(name, module, modules)
+        if role is None:
             continue
-        if cls.__name__ == "BertIntermediate":
-            if not isinstance(hidden_act, str) or hidden_act not in GELU_APPROXIMATE:
-                continue  # relu or a custom callable: nothing to fuse, keep transformers' module
-            module._fastbert_gelu = GELU_APPROXIMATE[hidden_act]
-        module.__class__ = _fused_class(cls, forward)
+        forward, needs_act = _FORWARDS[role]
+        if needs_act:
+            if not known_act:
+                continue  # a custom callable: nothing we know how to run, keep transformers' module
+            module._fastbert_act = hidden_act
+        module._fastbert_kernels = kernels
+        module.__class__ = _fused_class(type(module), forward)
         swapped += 1
     if swapped == 0:
         raise ValueError(f"fastbert.patch: no BERT modules to patch in {type(model).__name__}")

@@ -33,6 +33,30 @@ def _seed():
 
 
 @pytest.fixture
+def tiny_config():
+    """Factory: a 2-layer, hidden-64 BertConfig without dropout, ``tiny_config(attn_implementation="fused")``."""
+    import helpers
+
+    return helpers.tiny_config
+
+
+@pytest.fixture
+def padded_batch():
+    """Factory: ``padded_batch(mode="right", batch=3, seqlen=19, seed=0)`` -> input_ids, attention_mask, labels."""
+    import helpers
+
+    return helpers.padded_batch
+
+
+@pytest.fixture
+def packed_batch():
+    """Factory: ``packed_batch(padded)`` -> input_ids / labels [total], cu_seqlens, max_seqlen."""
+    import helpers
+
+    return helpers.packed_batch
+
+
+@pytest.fixture
 def device():
     """The device kernel tests run on: CUDA when present, else CPU through the Triton interpreter."""
     return torch.device("cuda" if HAS_CUDA else "cpu")

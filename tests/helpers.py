@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+from fastbert.ops import _common
 
 # flash-attention's three-way rule: maxerr(ours, ref32) <= k * maxerr(reflp, ref32) + floor[dtype]
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -81,3 +85,116 @@ def aot_compile_cuda(module: str, kernel: str, pointers: dict, constexprs: dict,
                 num_warps=num_warps, num_stages=num_stages, capabilities=list(capabilities))
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, f"{module}.{kernel} does not compile for CUDA {capabilities}:\n{proc.stderr[-3000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dropout keep-masks: rebuilt from the seed an op drew, with the kernels' own Philox helper
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _keep_mask_kernel(SEED, KEEP, n_rows, n_cols, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    col_start = tl.program_id(1) * BLOCK_N
+    stream = tl.program_id(2)
+    cols = col_start + tl.arange(0, BLOCK_N)
+    keep = _common.dropout_keep(tl.load(SEED), rows, col_start, stream, threshold, BLOCK_N)
+    offs = (stream.to(tl.int64) * n_rows + rows.to(tl.int64)[:, None]) * n_cols + cols[None, :]
+    tl.store(KEEP + offs, keep.to(tl.int8), mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :])
+
+
+def keep_mask(seed: torch.Tensor, streams: int, n_rows: int, n_cols: int, dropout_p: float) -> torch.Tensor:
+    """bool [streams, n_rows, n_cols]: the keep decisions ``_common.dropout_keep`` makes for ``seed``."""
+    keep = torch.zeros((streams, n_rows, n_cols), dtype=torch.int8, device=seed.device)
+    if keep.numel():
+        grid = (triton.cdiv(n_rows, 16), triton.cdiv(n_cols, 64), streams)
+        _keep_mask_kernel[grid](seed, keep, n_rows, n_cols, _common.dropout_threshold(dropout_p), BLOCK_M=16, BLOCK_N=64)
+    return keep.bool()
+
+
+def seed_of_next_op(torch_seed: int, device) -> torch.Tensor:
+    """The dropout seed tensor an op draws first after ``torch.manual_seed(torch_seed)`` (ops draw it before any
+    other random number), so a test can rebuild the op's keep-mask."""
+    torch.manual_seed(torch_seed)
+    return _common.draw_seed(device)
+
+
+def attention_with_keep_mask(q, k, v, *, dropout_p, torch_seed=1234, **kwargs):
+    """(out, keep): ``fastbert.ops.attention`` and its bool keep-mask ``[batch, heads, S, S]`` (S = seqlen, or
+    max_seqlen for packed, top-left aligned per sequence) — what ``attention_ref(..., dropout_mask=keep)`` takes."""
+    from fastbert.ops import attention
+
+    torch.manual_seed(torch_seed)
+    out = attention(q, k, v, dropout_p=dropout_p, **kwargs)
+    packed = kwargs.get("cu_seqlens") is not None
+    batch = kwargs["cu_seqlens"].numel() - 1 if packed else q.shape[0]
+    seqlen = kwargs["max_seqlen"] if packed else q.shape[1]
+    heads = q.shape[-2]
+    keep = keep_mask(seed_of_next_op(torch_seed, q.device), batch * heads, seqlen, seqlen, dropout_p)
+    return out, keep.view(batch, heads, seqlen, seqlen)
+
+
+def layer_norm_with_keep_mask(x, weight, bias, eps, residual, dropout_p, torch_seed=1234):
+    """(y, keep): ``fastbert.ops.layer_norm`` and the bool keep-mask of x it used (None when dropout_p == 0)."""
+    from fastbert.ops import layer_norm
+
+    torch.manual_seed(torch_seed)
+    y = layer_norm(x, weight, bias, eps, residual=residual, dropout_p=dropout_p)
+    if dropout_p == 0.0:
+        return y, None
+    n = x.shape[-1]
+    keep = keep_mask(seed_of_next_op(torch_seed, x.device), 1, x.numel() // n if n else 0, n, dropout_p)
+    return y, keep.view(x.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tiny models and batches (conftest.py exposes them as the fixtures tiny_config, padded_batch, packed_batch)
+# ----------------------------------------------------------------------------------------------------------------
+TINY = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+PAD_MODES = ("none", "right", "left", "holes", "one_row_padded")
+
+
+def tiny_config(**overrides):
+    """A 2-layer, hidden-64 BertConfig without dropout (override any field)."""
+    from fastbert import BertConfig
+
+    return BertConfig(**{**TINY, **overrides})
+
+
+def padded_batch(mode: str = "right", batch: int = 3, seqlen: int = 19, seed: int = 0, vocab: int = TINY["vocab_size"],
+                 device="cpu") -> dict[str, torch.Tensor]:
+    """input_ids (0 at padding), attention_mask and MLM labels (every 5th real token from position 2) of a padded
+    batch whose mask follows ``mode`` (one of PAD_MODES; needs batch >= 3 except for "none")."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seqlen), generator=g)
+    mask = torch.ones(batch, seqlen, dtype=torch.long)
+    if mode == "right":
+        mask[1, seqlen * 4 // 7:] = 0
+        mask[2, 4:] = 0
+    elif mode == "left":
+        mask[1, :seqlen * 3 // 7] = 0
+    elif mode == "holes":
+        mask[1, 3:6] = 0
+        mask[2, ::2] = 0
+    elif mode == "one_row_padded":
+        mask[0] = 0
+        mask[2, 4:] = 0
+    elif mode != "none":
+        raise ValueError(f"unknown padding mode {mode!r}")
+    ids = ids * mask
+    labels = torch.full_like(ids, -100)
+    labels[:, 2::5] = ids[:, 2::5]
+    labels = labels.masked_fill(mask == 0, -100)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def packed_batch(padded: dict[str, torch.Tensor]) -> dict:
+    """The packed (padding-free) form of a ``padded_batch``: input_ids / labels [total], cu_seqlens, max_seqlen."""
+    from fastbert.ops.padding import padded_to_packed, seqlens_to_cu_seqlens
+
+    mask = padded["attention_mask"]
+    lengths = mask.sum(1)
+    out = {k: padded_to_packed(v, mask) for k, v in padded.items() if k != "attention_mask"}
+    out["cu_seqlens"] = seqlens_to_cu_seqlens(lengths)
+    out["max_seqlen"] = int(lengths.max())
+    return out

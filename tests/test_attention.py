@@ -1,21 +1,18 @@
 """fastbert.ops.attention against the PyTorch reference (three-way rule), plus dropout, errors, compile, checkpointing.
 
-On CPU the Triton kernels run in Triton's interpreter (set up by conftest.py): small shapes, fp32/fp16 (the
-interpreter miscomputes tl.dot on bf16). The ``gpu`` tests repeat the grid at real sizes with bf16 and run only
-where CUDA is present.
+On CPU the Triton kernels run in Triton's interpreter (set up by conftest.py): small shapes, fp32/fp16. The ``gpu``
+tests repeat the grid at real sizes with bf16 and run only where CUDA is present.
 """
 import math
-import sys
 
 import pytest
 import torch
-from helpers import assert_three_way, make_attention_mask
+from helpers import assert_three_way, attention_with_keep_mask, keep_mask, make_attention_mask, seed_of_next_op
 
-from fastbert.ops.attention import _attention_with_dropout_mask, attention
-from fastbert.ops.reference import attention_ref, packed_to_padded, padded_to_packed, seqlens_to_cu_seqlens
-
-# the module (fastbert.ops.attention is the function: the package binds each functional over its module's name)
-attn_mod = sys.modules["fastbert.ops.attention"]
+import fastbert.ops.fused_attention as attn_mod
+from fastbert.ops import _common, attention
+from fastbert.ops.padding import packed_to_padded, padded_to_packed, seqlens_to_cu_seqlens
+from fastbert.ops.reference import attention_ref
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -36,7 +33,7 @@ def _check_against_reference(q, k, v, *, attention_mask=None, cu_seqlens=None, m
     """Run the fused op and both references on the same inputs (and dropout keep-mask); three-way compare."""
     kwargs = dict(attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
     if dropout:
-        out, keep = _attention_with_dropout_mask(q, k, v, dropout_p=dropout_p, **kwargs)
+        out, keep = attention_with_keep_mask(q, k, v, dropout_p=dropout_p, **kwargs)
     else:
         out, keep = attention(q, k, v, **kwargs), None
     assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
@@ -187,10 +184,8 @@ def test_packed_equals_padded(device):
     q, k, v = _qkv((b, s, h, d), torch.float32, device)
     cu = seqlens_to_cu_seqlens(seqlens).to(device)
     qp, kp, vp = (padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v))
-    torch.manual_seed(1)
-    out_pad, keep_pad = _attention_with_dropout_mask(q, k, v, attention_mask=mask, dropout_p=0.2)
-    torch.manual_seed(1)
-    out_pack, keep_pack = _attention_with_dropout_mask(qp, kp, vp, cu_seqlens=cu, max_seqlen=s, dropout_p=0.2)
+    out_pad, keep_pad = attention_with_keep_mask(q, k, v, attention_mask=mask, dropout_p=0.2)
+    out_pack, keep_pack = attention_with_keep_mask(qp, kp, vp, cu_seqlens=cu, max_seqlen=s, dropout_p=0.2)
     assert torch.equal(keep_pad, keep_pack)
     torch.testing.assert_close(padded_to_packed(out_pad, mask), out_pack, atol=1e-6, rtol=1e-6)
     dout = torch.randn_like(out_pack)
@@ -244,8 +239,7 @@ def test_dropout_matches_reference_with_mask(device, dtype, layout):
 def test_dropout_keep_statistics(device, p):
     """Fraction kept ~ 1 - p within 4 binomial sigmas, per head and overall; heads and calls differ."""
     b, h, s = 2, 3, 64
-    seed = attn_mod.draw_seed(device)
-    keep = attn_mod._dropout_mask(seed, b, h, s, p)
+    keep = keep_mask(seed_of_next_op(0, device), b * h, s, s, p).view(b, h, s, s)
     n = keep.numel()
     frac = keep.float().mean().item()
     assert abs(frac - (1 - p)) <= 4 * math.sqrt(p * (1 - p) / n), frac
@@ -256,7 +250,7 @@ def test_dropout_keep_statistics(device, p):
     # neighbouring keys are not correlated (the 4-lane Philox split): P(keep_j and keep_j+1) ~ (1 - p)^2
     both = (keep[..., :-1] & keep[..., 1:]).float().mean().item()
     assert abs(both - (1 - p) ** 2) <= 4 * math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / keep[..., 1:].numel()) * 2
-    assert not torch.equal(keep, attn_mod._dropout_mask(attn_mod.draw_seed(device), b, h, s, p))
+    assert not torch.equal(keep, keep_mask(seed_of_next_op(1, device), b * h, s, s, p).view(b, h, s, s))
 
 
 def test_dropout_follows_manual_seed(device):
@@ -458,7 +452,7 @@ def test_gpu_dropout(dtype, head_dim, seqlen, layout):
 @pytest.mark.gpu
 def test_gpu_dropout_statistics_bert_shape():
     device = torch.device("cuda")
-    keep = attn_mod._dropout_mask(attn_mod.draw_seed(device), 32, 12, 512, 0.1)
+    keep = keep_mask(_common.draw_seed(device), 32 * 12, 512, 512, 0.1)
     frac = keep.float().mean().item()
     assert abs(frac - 0.9) <= 4 * math.sqrt(0.09 / keep.numel())
 
@@ -489,7 +483,7 @@ def test_gpu_bert_qkv_views_bf16():
     qkv = torch.randn(b, s, 3, h, d, device=device, dtype=torch.bfloat16, requires_grad=True)
     mask = make_attention_mask(b, s, "random", device=device)
     q, k, v = qkv.unbind(2)
-    out, keep = _attention_with_dropout_mask(q, k, v, attention_mask=mask, dropout_p=0.1)
+    out, keep = attention_with_keep_mask(q, k, v, attention_mask=mask, dropout_p=0.1)
     ref = attention_ref(*(t.float() for t in (q, k, v)), attention_mask=mask, dropout_p=0.1, dropout_mask=keep)
     reflp = attention_ref(q, k, v, attention_mask=mask, dropout_p=0.1, dropout_mask=keep, upcast=False)
     compare(out, ref, reflp, grad=False, name="bert qkv views")
@@ -551,10 +545,9 @@ def test_kernels_compile_for_cuda(kind, head_dim, packed, dropout, monkeypatch):
     from helpers import aot_compile_cuda
 
     kernel, pointers = _KERNEL_POINTERS[kind]
-    monkeypatch.setattr(attn_mod._backend, "TRITON_INTERPRET", False)  # the GPU launch parameters, not the CPU ones
-    launch = attn_mod._blocks(head_dim, torch.bfloat16, kind)
+    launch = attn_mod._launch_config(kind, head_dim, torch.bfloat16, (9, 0))  # what an H100 launches
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=launch["BLOCK_M"], BLOCK_N=launch["BLOCK_N"], BLOCK_R=256,
                       IS_PACKED=packed, HAS_MASK=not packed, HAS_DROPOUT=dropout, DOT_PRECISION="tf32")
-    floats = ("qk_scale", "softmax_scale", "dropout_p", "dropout_scale")
-    aot_compile_cuda("fastbert.ops.attention", kernel, pointers, constexprs, floats=floats,
+    floats = ("qk_scale", "softmax_scale", "dropout_scale")
+    aot_compile_cuda("fastbert.ops.fused_attention", kernel, pointers, constexprs, floats=floats,
                      num_warps=launch["num_warps"], num_stages=launch["num_stages"])

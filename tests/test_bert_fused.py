@@ -8,29 +8,9 @@ from fastbert import BertConfig
 from fastbert.models.bert import labeled_positions
 from helpers import FLOOR, K_GRAD, K_OUT, maxerr
 
-TINY = dict(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-
-
-def batch(mode="right", batch=3, seqlen=19, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, TINY["vocab_size"], (batch, seqlen), generator=g)
-    mask = torch.ones(batch, seqlen, dtype=torch.long)
-    if mode == "right":
-        mask[1, 11:] = 0
-        mask[2, 4:] = 0
-    elif mode == "left":
-        mask[1, :8] = 0
-    elif mode == "holes":
-        mask[1, 3:6] = 0
-        mask[2, ::2] = 0
-    elif mode == "one_row_padded":
-        mask[0] = 0
-        mask[2, 4:] = 0
-    labels = torch.full_like(ids, -100)
-    labels[:, 2::5] = ids[:, 2::5]
-    labels = labels.masked_fill(mask == 0, -100)
-    return ids.to(device), mask.to(device), labels.to(device)
+def batch(padded_batch, mode="right"):
+    b = padded_batch(mode)
+    return b["input_ids"], b["attention_mask"], b["labels"]
 
 
 def run(model, ids, mask, labels, **kw):
@@ -52,10 +32,10 @@ def three_way(ours, ref32, reflp, k, name):
 
 @pytest.mark.parametrize("mode", ["right", "one_row_padded"])
 @pytest.mark.parametrize("unpad", ["never", "always"])
-def test_fused_model_matches_eager_fp32(mode, unpad):
+def test_fused_model_matches_eager_fp32(mode, unpad, tiny_config, padded_batch):
     torch.manual_seed(0)
-    model = fastbert.BertForPreTraining(BertConfig(**TINY))
-    ids, mask, labels = batch(mode)
+    model = fastbert.BertForPreTraining(tiny_config())
+    ids, mask, labels = batch(padded_batch, mode)
     ref, ref_grads = run(model, ids, mask, labels)
     model.set_attn_implementation("fused")
     model.bert.unpad = unpad
@@ -72,11 +52,11 @@ def test_fused_model_matches_eager_fp32(mode, unpad):
         assert maxerr(g, ref_grads[name]) <= 1e-4 * max(scale, 1.0), name
 
 
-def test_fused_model_fp16_three_way():
+def test_fused_model_fp16_three_way(tiny_config, padded_batch):
     """fp16 fused model vs fp32 eager reference, bounded by how far the fp16 eager model is from it."""
     torch.manual_seed(0)
-    model = fastbert.BertModel(BertConfig(**TINY))
-    ids, mask, _ = batch("right")
+    model = fastbert.BertModel(tiny_config())
+    ids, mask, _ = batch(padded_batch)
     real = mask.bool()
 
     def forward_backward(m):
@@ -86,7 +66,7 @@ def test_fused_model_fp16_three_way():
         return h[real].float(), m.embeddings.word_embeddings.weight.grad.float()
 
     h32, g32 = forward_backward(model)
-    half = fastbert.BertModel(BertConfig(**TINY)).half()
+    half = fastbert.BertModel(tiny_config()).half()
     half.load_state_dict(model.state_dict())
     hlp, glp = forward_backward(half)
     half.set_attn_implementation("fused")
@@ -97,11 +77,11 @@ def test_fused_model_fp16_three_way():
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa", "fused"])
 @pytest.mark.parametrize("mode", ["right", "left", "holes"])
-def test_unpadded_equals_padded(impl, mode):
+def test_unpadded_equals_padded(impl, mode, tiny_config, padded_batch):
     """Internal unpadding (any 0/1 mask pattern) gives the padded result at real positions, values and grads."""
     torch.manual_seed(0)
-    model = fastbert.BertForPreTraining(BertConfig(**TINY, attn_implementation=impl))
-    ids, mask, labels = batch(mode)
+    model = fastbert.BertForPreTraining(tiny_config(attn_implementation=impl))
+    ids, mask, labels = batch(padded_batch, mode)
     model.bert.unpad = "never"
     ref, ref_grads = run(model, ids, mask, labels)
     model.bert.unpad = "always"
@@ -114,31 +94,31 @@ def test_unpadded_equals_padded(impl, mode):
         torch.testing.assert_close(g, ref_grads[name], atol=2e-5, rtol=2e-4, msg=name)
 
 
-def test_auto_unpad_rule():
-    model = fastbert.BertModel(BertConfig(**TINY, attn_implementation="fused"))
-    _, mask, _ = batch("right")  # 45% padding
+def test_auto_unpad_rule(tiny_config, padded_batch):
+    model = fastbert.BertModel(tiny_config(attn_implementation="fused"))
+    _, mask, _ = batch(padded_batch)  # 47% padding
     assert model._maybe_unpad(mask) is not None
     assert model._maybe_unpad(torch.ones(3, 19, dtype=torch.long)) is None  # no padding: stay padded
     model.set_attn_implementation("sdpa")
     assert model._maybe_unpad(mask) is None  # eager/sdpa stay HF-like unless asked
+    model.unpad = "always"
+    assert model._maybe_unpad(torch.ones(3, 19, dtype=torch.long)) is not None
     model.unpad = "bogus"
     with pytest.raises(ValueError, match="unpad"):
         model._maybe_unpad(mask)
 
 
 @pytest.mark.parametrize("impl", ["eager", "fused"])
-def test_packed_input_equals_padded(impl):
+def test_packed_input_equals_padded(impl, tiny_config, padded_batch, packed_batch):
     torch.manual_seed(0)
-    model = fastbert.BertForPreTraining(BertConfig(**TINY, attn_implementation=impl))
-    ids, mask, labels = batch("right")
+    model = fastbert.BertForPreTraining(tiny_config(attn_implementation=impl))
+    ids, mask, labels = batch(padded_batch)
     model.bert.unpad = "never"
     ref, ref_grads = run(model, ids, mask, labels)
     real = mask.bool()
-    lengths = mask.sum(1)
-    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+    packed = packed_batch({"input_ids": ids, "attention_mask": mask, "labels": labels})
     model.zero_grad(set_to_none=True)
-    out = model(ids[real], cu_seqlens=cu, max_seqlen=int(lengths.max()), labels=labels[real],
-                next_sentence_label=torch.zeros(3, dtype=torch.long))
+    out = model(**packed, next_sentence_label=torch.zeros(3, dtype=torch.long))
     out.loss.backward()
     torch.testing.assert_close(out.prediction_logits, ref.prediction_logits[real], atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
@@ -146,31 +126,30 @@ def test_packed_input_equals_padded(impl):
         torch.testing.assert_close(p.grad, ref_grads[name], atol=2e-5, rtol=2e-4, msg=name)
 
 
-def test_mlm_head_only_at_labels_same_loss_and_grads():
+def test_mlm_head_only_at_labels_same_loss_and_grads(tiny_config, padded_batch):
     torch.manual_seed(0)
-    model = fastbert.BertForPreTraining(BertConfig(**TINY))
-    ids, mask, labels = batch("right")
+    model = fastbert.BertForPreTraining(tiny_config())
+    ids, mask, labels = batch(padded_batch)
     ref, ref_grads = run(model, ids, mask, labels)
     positions = labeled_positions(labels)
     out, grads = run(model, ids, mask, labels, masked_positions=positions)
-    assert out.prediction_logits.shape == (positions.numel(), TINY["vocab_size"])
+    assert out.prediction_logits.shape == (positions.numel(), model.config.vocab_size)
     assert positions.numel() < 0.25 * ids.numel()
-    torch.testing.assert_close(out.prediction_logits, ref.prediction_logits.reshape(-1, TINY["vocab_size"])[positions])
+    torch.testing.assert_close(out.prediction_logits, ref.prediction_logits.reshape(-1, model.config.vocab_size)[positions])
     torch.testing.assert_close(out.loss, ref.loss)
     for name, g in grads.items():
         torch.testing.assert_close(g, ref_grads[name], msg=name)
 
 
-def test_packed_question_answering_matches_padded():
+def test_packed_question_answering_matches_padded(tiny_config, padded_batch, packed_batch):
     torch.manual_seed(0)
-    model = fastbert.BertForQuestionAnswering(BertConfig(**TINY)).eval()
-    ids, mask, _ = batch("right")
+    model = fastbert.BertForQuestionAnswering(tiny_config()).eval()
+    ids, mask, _ = batch(padded_batch)
     real = mask.bool()
-    lengths = mask.sum(1)
-    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+    packed = packed_batch({"input_ids": ids, "attention_mask": mask})
     start, end = torch.tensor([1, 2, 0]), torch.tensor([3, 5, 2])
     a = model(ids, mask)
-    b = model(ids[real], cu_seqlens=cu, max_seqlen=int(lengths.max()), start_positions=start, end_positions=end)
+    b = model(**packed, start_positions=start, end_positions=end)
     torch.testing.assert_close(b.start_logits[real], a.start_logits[real], atol=2e-5, rtol=2e-5)
     # packed: the span softmax runs over real tokens only
     masked = lambda x: x.masked_fill(~real, float("-inf"))  # noqa: E731

@@ -10,8 +10,8 @@ from fastbert import BertConfig
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=64)
+# this file's tiny BERT: 4 heads of 16 (tiny_config's default has 2 of 32) and a larger vocabulary
+OVERRIDES = dict(vocab_size=1000, num_attention_heads=4)
 HEADS = ["BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
          "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering"]
 
@@ -21,13 +21,9 @@ def minilm_path():
     return str(gt.get_model_path())
 
 
-def padded_batch(vocab, batch=3, seqlen=17, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (batch, seqlen), generator=g)
-    mask = torch.ones(batch, seqlen, dtype=torch.long)
-    mask[1, seqlen // 2:] = 0
-    mask[-1, 3:] = 0
-    return ids * mask, mask
+def batch(padded_batch, **kw):
+    b = padded_batch("right", seqlen=17, vocab=OVERRIDES["vocab_size"], **kw)
+    return b["input_ids"], b["attention_mask"]
 
 
 def test_bert_base_parameter_count():
@@ -35,8 +31,8 @@ def test_bert_base_parameter_count():
 
 
 @pytest.mark.parametrize("name", HEADS)
-def test_state_dict_both_ways_strict(name):
-    cfg = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+def test_state_dict_both_ways_strict(name, tiny_config):
+    cfg = tiny_config(**OVERRIDES)
     ours = getattr(fastbert, name)(cfg)
     hf = getattr(transformers, name)(cfg.to_hf())
     assert sorted(ours.state_dict()) == sorted(hf.state_dict())
@@ -48,12 +44,12 @@ def test_state_dict_both_ways_strict(name):
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("name", HEADS)
-def test_heads_match_transformers(name, impl):
-    cfg = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation=impl)
+def test_heads_match_transformers(name, impl, tiny_config, padded_batch):
+    cfg = tiny_config(**OVERRIDES, attn_implementation=impl)
     ours = getattr(fastbert, name)(cfg).eval()
     hf = getattr(transformers, name)(cfg.to_hf()).eval()
     hf.load_state_dict(ours.state_dict(), strict=True)
-    ids, mask = padded_batch(TINY["vocab_size"])
+    ids, mask = batch(padded_batch)
     tt = (torch.arange(ids.shape[1]) >= 5).long().expand_as(ids) * mask
     kwargs = dict(input_ids=ids, attention_mask=mask, token_type_ids=tt)
     a, b = ours(**kwargs), hf(**kwargs)
@@ -92,16 +88,17 @@ def test_pretrained_minilm_matches_transformers(impl):
     torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-5, rtol=0)
 
 
-def test_random_bert_base_pretraining_loss_and_grads_match():
+def test_random_bert_base_pretraining_loss_and_grads_match(padded_batch):
     cfg = BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # BERT-base shape
     torch.manual_seed(0)
     ours = fastbert.BertForPreTraining(cfg)
     hf = transformers.BertForPreTraining(cfg.to_hf(attn_implementation="eager"))
     hf.load_state_dict(ours.state_dict(), strict=True)
-    ids, mask = padded_batch(cfg.vocab_size, batch=2, seqlen=12, seed=1)
+    b = padded_batch("right", batch=3, seqlen=12, seed=1, vocab=cfg.vocab_size)
+    ids, mask = b["input_ids"], b["attention_mask"]
     labels = torch.full_like(ids, -100)
     labels[:, 1:4] = ids[:, 1:4]
-    nsp = torch.tensor([0, 1])
+    nsp = torch.tensor([0, 1, 1])
     kw = dict(input_ids=ids, attention_mask=mask, labels=labels, next_sentence_label=nsp)
     la, lb = ours(**kw).loss, hf(**kw).loss
     assert abs(la.item() - lb.item()) <= 1e-5 * abs(lb.item())
@@ -122,8 +119,8 @@ def test_random_bert_base_pretraining_loss_and_grads_match():
     assert checked == len(hf_params)
 
 
-def test_save_and_load_round_trip_with_transformers(tmp_path):
-    cfg = BertConfig(**TINY)
+def test_save_and_load_round_trip_with_transformers(tmp_path, tiny_config):
+    cfg = tiny_config(**OVERRIDES)
     ours = fastbert.BertForPreTraining(cfg)
     ours.save_pretrained(tmp_path / "ours")
     hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "ours")
@@ -150,8 +147,8 @@ def test_from_pretrained_across_classes_and_legacy_keys(tmp_path):
     base.load_state_dict(sd, strict=True)  # old checkpoints' persistent buffer is tolerated
 
 
-def test_from_pretrained_fails_loudly(tmp_path):
-    cfg = BertConfig(**TINY)
+def test_from_pretrained_fails_loudly(tmp_path, tiny_config):
+    cfg = tiny_config(**OVERRIDES)
     m = fastbert.BertModel(cfg)
     m.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="shapes do not match"):
@@ -179,23 +176,23 @@ def test_from_pretrained_fails_loudly(tmp_path):
     (lambda ids, m: dict(input_ids=ids.float()), "integer tensor"),
     (lambda ids, m: dict(input_ids=ids, position_ids=torch.full_like(ids, 64)), "max_position_embeddings=64"),
 ])
-def test_bad_input_is_value_error(bad, match):
-    model = fastbert.BertModel(BertConfig(**TINY))
-    ids, mask = padded_batch(TINY["vocab_size"])
+def test_bad_input_is_value_error(bad, match, tiny_config, padded_batch):
+    model = fastbert.BertModel(tiny_config(**OVERRIDES))
+    ids, mask = batch(padded_batch)
     with pytest.raises(ValueError, match=match):
         model(**bad(ids, mask))
 
 
-def test_float_01_mask_is_accepted_like_hf():
-    model = fastbert.BertModel(BertConfig(**TINY)).eval()
-    ids, mask = padded_batch(TINY["vocab_size"])
+def test_float_01_mask_is_accepted_like_hf(tiny_config, padded_batch):
+    model = fastbert.BertModel(tiny_config(**OVERRIDES)).eval()
+    ids, mask = batch(padded_batch)
     torch.testing.assert_close(model(ids, mask.float()).pooler_output, model(ids, mask).pooler_output)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa", "fused"])
-def test_fully_padded_row_is_finite(impl):
-    model = fastbert.BertForPreTraining(BertConfig(**TINY, attn_implementation=impl))
-    ids, mask = padded_batch(TINY["vocab_size"])
+def test_fully_padded_row_is_finite(impl, tiny_config, padded_batch):
+    model = fastbert.BertForPreTraining(tiny_config(**OVERRIDES, attn_implementation=impl))
+    ids, mask = batch(padded_batch)
     mask[0] = 0
     out = model(ids, mask, labels=torch.where(mask.bool(), ids, -100), next_sentence_label=torch.tensor([0, 1, 0]))
     assert torch.isfinite(out.prediction_logits).all() and torch.isfinite(out.seq_relationship_logits).all()
@@ -203,22 +200,20 @@ def test_fully_padded_row_is_finite(impl):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_packed_input_matches_padded():
+def test_packed_input_matches_padded(tiny_config, padded_batch, packed_batch):
     """The packed (padding-free) form through the eager path gives the padded result at real positions."""
-    model = fastbert.BertModel(BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
-    ids, mask = padded_batch(TINY["vocab_size"])
-    lengths = mask.sum(1)
-    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+    model = fastbert.BertModel(tiny_config(**OVERRIDES)).eval()
+    ids, mask = batch(padded_batch)
     padded = model(ids, mask)
-    packed = model(ids[mask.bool()], cu_seqlens=cu, max_seqlen=int(lengths.max()))
+    packed = model(**packed_batch({"input_ids": ids, "attention_mask": mask}))
     torch.testing.assert_close(packed.last_hidden_state, padded.last_hidden_state[mask.bool()], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed.pooler_output, padded.pooler_output, atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_checkpointing_same_grads():
+def test_gradient_checkpointing_same_grads(tiny_config, padded_batch):
     torch.manual_seed(0)
-    model = fastbert.BertModel(BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    ids, mask = padded_batch(TINY["vocab_size"])
+    model = fastbert.BertModel(tiny_config(**OVERRIDES))
+    ids, mask = batch(padded_batch)
     model(ids, mask).last_hidden_state.sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)

@@ -4,36 +4,28 @@ import pytest
 import torch
 
 import fastbert
-from fastbert import BertConfig
 
-TINY = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-
-
-def inputs():
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 300, (2, 11), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
-    return ids, mask
+def inputs(padded_batch):
+    b = padded_batch("right", batch=3, seqlen=11)
+    return b["input_ids"], b["attention_mask"]
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa", "fused"])
-def test_no_graph_breaks(impl):
+def test_no_graph_breaks(impl, tiny_config, padded_batch):
     torch._dynamo.reset()
-    model = fastbert.BertForPreTraining(BertConfig(**TINY, attn_implementation=impl))
-    ids, mask = inputs()
+    model = fastbert.BertForPreTraining(tiny_config(attn_implementation=impl))
+    ids, mask = inputs(padded_batch)
     labels = torch.where(mask.bool(), ids, -100)
-    explain = torch._dynamo.explain(model)(ids, mask, labels=labels, next_sentence_label=torch.tensor([0, 1]))
+    explain = torch._dynamo.explain(model)(ids, mask, labels=labels, next_sentence_label=torch.tensor([0, 1, 0]))
     assert explain.graph_break_count == 0, explain.break_reasons
     assert explain.graph_count == 1
 
 
-def test_compiled_fused_model_matches_eager_forward_and_backward():
+def test_compiled_fused_model_matches_eager_forward_and_backward(tiny_config, padded_batch):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = fastbert.BertModel(BertConfig(**TINY, attn_implementation="fused"))
-    ids, mask = inputs()
+    model = fastbert.BertModel(tiny_config(attn_implementation="fused"))
+    ids, mask = inputs(padded_batch)
     real = mask.bool()
     ref = model(ids, mask).last_hidden_state
     ref[real].sum().backward()
@@ -48,20 +40,18 @@ def test_compiled_fused_model_matches_eager_forward_and_backward():
             torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-def test_packed_batch_compiles_fullgraph():
+def test_packed_batch_compiles_fullgraph(tiny_config, padded_batch, packed_batch):
     torch._dynamo.reset()
-    model = fastbert.BertModel(BertConfig(**TINY, attn_implementation="fused")).eval()
-    ids, mask = inputs()
-    real = mask.bool()
-    cu = torch.nn.functional.pad(mask.sum(1).cumsum(0), (1, 0)).int()
-    ref = model(ids[real], cu_seqlens=cu, max_seqlen=11).last_hidden_state
+    model = fastbert.BertModel(tiny_config(attn_implementation="fused")).eval()
+    ids, mask = inputs(padded_batch)
+    packed = packed_batch({"input_ids": ids, "attention_mask": mask})
+    ref = model(**packed).last_hidden_state
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(ids[real], cu_seqlens=cu, max_seqlen=11).last_hidden_state, ref,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled(**packed).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "fused"])
-def test_autocast_bf16_compiles_without_graph_breaks(impl, monkeypatch):
+def test_autocast_bf16_compiles_without_graph_breaks(impl, monkeypatch, tiny_config, padded_batch):
     """bf16 autocast through the whole model; on CPU the fused ops take their reference path here (the Triton
     interpreter miscomputes bf16 dots), so this checks the dispatch, dtypes and tracing, not the kernels."""
     from fastbert import _backend
@@ -69,8 +59,8 @@ def test_autocast_bf16_compiles_without_graph_breaks(impl, monkeypatch):
     monkeypatch.setattr(_backend, "TRITON_INTERPRET", False)
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = fastbert.BertModel(BertConfig(**TINY, attn_implementation=impl)).eval()
-    ids, mask = inputs()
+    model = fastbert.BertModel(tiny_config(attn_implementation=impl)).eval()
+    ids, mask = inputs(padded_batch)
     real = mask.bool()
     with torch.no_grad():
         ref = model(ids, mask).last_hidden_state

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastbert.ops.gelu import BiasGeluFn, bias_gelu
+from fastbert.ops import bias_gelu
+from fastbert.ops.fused_gelu import BiasGeluFn
 from fastbert.ops.reference import bias_gelu_ref
 from helpers import FLOOR, K_GRAD, K_OUT, maxerr
 
@@ -271,7 +272,7 @@ def test_kernels_compile_for_cuda(tanh):
     from helpers import aot_compile_cuda
 
     pointers = {"X": "bf16", "Y": "bf16", "DY": "bf16", "DX": "bf16", "B": "fp32", "DB_PARTIAL": "fp32"}
-    aot_compile_cuda("fastbert.ops.gelu", "_bias_gelu_fwd_kernel", pointers,
+    aot_compile_cuda("fastbert.ops.fused_gelu", "_bias_gelu_fwd_kernel", pointers,
                      dict(HAS_BIAS=True, TANH=tanh, BLOCK_M=4, BLOCK_N=1024), num_warps=8)
-    aot_compile_cuda("fastbert.ops.gelu", "_bias_gelu_bwd_kernel", pointers,
+    aot_compile_cuda("fastbert.ops.fused_gelu", "_bias_gelu_bwd_kernel", pointers,
                      dict(HAS_BIAS=True, COMPUTE_DB=True, TANH=tanh, BLOCK_M=2, BLOCK_N=1024), num_warps=8)

@@ -7,12 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-# Resolve the package attribute first: importing the submodule fastbert.ops.layer_norm before anything asked for
-# fastbert.ops.layer_norm (the function) would leave the package attribute bound to the module.
-from fastbert.ops._dropout import draw_seed, dropout_mask
-from fastbert.ops.layer_norm import MAX_HIDDEN, LayerNormFn, _layer_norm_with_dropout_mask, layer_norm
+from fastbert.ops import layer_norm
+from fastbert.ops._common import draw_seed
+from fastbert.ops.fused_layer_norm import MAX_HIDDEN, LayerNormFn
 from fastbert.ops.reference import layer_norm_ref
-from helpers import FLOOR, K_GRAD, K_OUT, maxerr
+from helpers import FLOOR, K_GRAD, K_OUT, keep_mask, layer_norm_with_keep_mask, maxerr, seed_of_next_op
+
+
+def dropout_mask(seed, rows, cols, p):
+    return keep_mask(seed, 1, rows, cols, p)[0]
 
 CPU_DTYPES = [torch.float32, torch.float16]
 
@@ -53,7 +56,7 @@ def _check(ours, ref32, reflp, *, grad, name, reduced=False):
 
 def _compare(rows, hidden, dtype, device, residual, dropout_p, bias=True, eps=1e-12, lead=()):
     x, r, w, b = _inputs(rows, hidden, dtype, device, residual, bias, lead)
-    y, mask = _layer_norm_with_dropout_mask(x, w, b, eps, r, dropout_p)
+    y, mask = layer_norm_with_keep_mask(x, w, b, eps, r, dropout_p)
     assert y.dtype == dtype and y.shape == x.shape
     dy = torch.randn_like(y)
     got = _grads(y, [x, r, w, b], dy)
@@ -187,7 +190,7 @@ def test_empty_rows(device):
 # ---------------------------------------------------------------------------------------------------------------
 def test_keep_fraction_within_four_sigma(device):
     p, rows, cols = 0.1, 257, 1023
-    mask = dropout_mask(draw_seed(device), rows, cols, p)
+    mask = dropout_mask(seed_of_next_op(0, device), rows, cols, p)
     n = rows * cols
     sigma = (p * (1 - p) / n) ** 0.5
     assert abs(mask.float().mean().item() - (1 - p)) < 4 * sigma
@@ -197,20 +200,22 @@ def test_keep_fraction_within_four_sigma(device):
 
 
 def test_mask_depends_only_on_seed_row_col(device):
-    seed = draw_seed(device)
+    seed = seed_of_next_op(0, device)
     big = dropout_mask(seed, 33, 1023, 0.3)
     assert torch.equal(dropout_mask(seed, 5, 1023, 0.3), big[:5])
     assert torch.equal(dropout_mask(seed, 33, 100, 0.3), big[:, :100])  # other block widths, same mapping
-    assert not torch.equal(dropout_mask(draw_seed(device), 33, 1023, 0.3), big)
+    assert not torch.equal(dropout_mask(seed_of_next_op(1, device), 33, 1023, 0.3), big)
     assert not torch.equal(big[0], big[1])
 
 
 def test_dropout_extremes(device):
+    """p close to 1 drops nearly everything and stays finite; p = 1 is refused like in every other op."""
     x, r, w, b = _inputs(7, 384, torch.float32, device)
-    y_all = layer_norm(x, w, b, 1e-12, residual=r, dropout_p=1.0)  # x fully dropped
-    torch.testing.assert_close(y_all, layer_norm_ref(torch.zeros_like(x), w, b, 1e-12, r), atol=1e-5, rtol=1e-5)
-    y_all.sum().backward()
-    assert torch.equal(x.grad, torch.zeros_like(x))
+    y, keep = layer_norm_with_keep_mask(x, w, b, 1e-12, r, 0.999)
+    assert keep.float().mean() < 0.01 and torch.isfinite(y).all()
+    torch.testing.assert_close(y, layer_norm_ref(x, w, b, 1e-12, r, 0.999, dropout_mask=keep), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"dropout_p must be a float in \[0, 1\)"):
+        layer_norm(x, w, b, 1e-12, residual=r, dropout_p=1.0)
 
 
 def test_dropout_follows_torch_manual_seed(device):
@@ -380,13 +385,13 @@ def test_kernels_compile_for_cuda(dropout):
     act = {name: "bf16" for name in ("X", "R", "Y", "DY", "DRES", "DX")}
     params = {"W": "fp32", "B": "fp32", "MEAN": "fp32", "RSTD": "fp32", "SEED": "i64", "DW_PARTIAL": "fp32",
               "DB_PARTIAL": "fp32"}
-    floats = ("eps", "dropout_p", "dropout_scale")
+    floats = ("eps", "dropout_scale")
     aot_compile_cuda(
-        "fastbert.ops.layer_norm", "_layer_norm_fwd_kernel", {**act, **params},
+        "fastbert.ops.fused_layer_norm", "_layer_norm_fwd_kernel", {**act, **params},
         dict(HAS_RESIDUAL=True, HAS_BIAS=True, HAS_DROPOUT=dropout, BLOCK_M=4, BLOCK_N=1024), floats=floats, num_warps=8,
     )
     aot_compile_cuda(
-        "fastbert.ops.layer_norm", "_layer_norm_bwd_kernel", {**act, **params},
+        "fastbert.ops.fused_layer_norm", "_layer_norm_bwd_kernel", {**act, **params},
         dict(HAS_RESIDUAL=True, HAS_DROPOUT=dropout, STORE_DRES=dropout, STORE_DX=True, COMPUTE_DW=True,
              COMPUTE_DB=True, BLOCK_M=2, BLOCK_N=1024),
         floats=floats, num_warps=8,

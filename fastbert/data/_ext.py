@@ -4,7 +4,7 @@ There is deliberately no Python fallback (fastbert/data/reference.py is a test o
 with): a missing build fails here, with the fix in the message.
 """
 try:
-    from fastbert import _C
+    from .. import _C
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "fastbert._C is not built: run `pip install -e .` (or `make test`) from the repository root, "

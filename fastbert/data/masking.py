@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..config import IGNORE_INDEX
 from ._checks import check_int, check_probability, check_split
 from ._ext import _C
 
-IGNORE_INDEX = -100
 MASK64 = (1 << 64) - 1
 
 

@@ -12,9 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import IGNORE_INDEX
+
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
-IGNORE_INDEX = -100
 
 
 def mix64(z: int) -> int:

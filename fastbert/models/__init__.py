@@ -1,3 +1,4 @@
+"""The BERT encoder and its heads (``bert``), and local checkpoint folders (``loading``)."""
 from .bert import (  # noqa: F401
     BertForMaskedLM,
     BertForNextSentencePrediction,
@@ -8,3 +9,4 @@ from .bert import (  # noqa: F401
     BertModel,
     BertPreTrainedModel,
 )
+from .loading import resolve_model_folder  # noqa: F401

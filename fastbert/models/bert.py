@@ -11,16 +11,13 @@ Two input layouts flow through the same modules:
 * packed (padding-free): ``input_ids [total_tokens]`` with int32 ``cu_seqlens [batch + 1]`` and ``max_seqlen``;
   hidden states are ``[total_tokens, hidden]`` and nothing is computed on padding.
 
-``config.attn_implementation`` picks the path: "eager" and "sdpa" are HF's (plain PyTorch modules everywhere);
-"fused" runs fastbert's ops (Triton attention, dropout+residual+LayerNorm, bias+GELU), which fall back to their
-PyTorch references on CPU tensors (see fastbert._backend).
+Which ops run is decided once, by ``fastbert.ops.choose_path(config.attn_implementation, device)``, when a model is
+built, moved to a device or switched with ``set_attn_implementation``: every layer keeps the resulting
+``Kernels`` table (``self.kernels``) and calls its entries (eager/sdpa: HF's computations; fused: fastbert's ops).
 """
 from __future__ import annotations
 
-import logging
-import math
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import ops
-from ..config import GELU_APPROXIMATE, BertConfig
-from ..ops import reference
+from ..config import IGNORE_INDEX, BertConfig
+from ..ops import padding
+from ..ops.dispatch import AttentionInputs, Kernels, Path, choose_path
+from . import loading
 from .outputs import (
     BaseModelOutputWithPooling,
     BertForPreTrainingOutput,
@@ -41,37 +39,26 @@ from .outputs import (
     TokenClassifierOutput,
 )
 
-logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
-
-def activation(name: str, x: torch.Tensor) -> torch.Tensor:
-    if name == "relu":
-        return F.relu(x)
-    return F.gelu(x, approximate=GELU_APPROXIMATE[name])
+def _dropout_p(dropout: nn.Dropout, training: bool) -> float:
+    return dropout.p if training else 0.0
 
 
-@dataclass
-class AttentionInputs:
-    """What self-attention needs besides q, k, v: the padding mask (padded layout) or the packing (packed layout)."""
+class _UsesKernels(nn.Module):
+    """A module that calls the kernel table of its model's path (installed by ``BertPreTrainedModel``)."""
 
-    attention_mask: torch.Tensor | None = None  # [batch, seqlen] 0/1, padded layout
-    cu_seqlens: torch.Tensor | None = None  # int32 [batch + 1], packed layout
-    max_seqlen: int | None = None
-
-    @property
-    def packed(self) -> bool:
-        return self.cu_seqlens is not None
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.kernels: Kernels = choose_path(config.attn_implementation).kernels  # until the model installs its own
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # embeddings
 # ----------------------------------------------------------------------------------------------------------------
-class BertEmbeddings(nn.Module):
+class BertEmbeddings(_UsesKernels):
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
@@ -84,11 +71,7 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         words = self.word_embeddings(input_ids)  # [..., hidden]
         extra = self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        if self.config.attn_implementation == "fused":
-            hidden = ops.layer_norm(words, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps, residual=extra)
-        else:
-            hidden = self.LayerNorm(words + extra)
-        return self.dropout(hidden)
+        return self.dropout(self.kernels.add_layer_norm(words, extra, self.LayerNorm, 0.0))
 
 
 def _drop_legacy_buffers(state_dict, prefix, *args, **kwargs):
@@ -99,10 +82,9 @@ def _drop_legacy_buffers(state_dict, prefix, *args, **kwargs):
 # ----------------------------------------------------------------------------------------------------------------
 # one encoder layer
 # ----------------------------------------------------------------------------------------------------------------
-class BertSelfAttention(nn.Module):
+class BertSelfAttention(_UsesKernels):
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.head_dim
         self.all_head_size = config.hidden_size
@@ -112,49 +94,24 @@ class BertSelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
-        heads_shape = hidden.shape[:-1] + (self.num_attention_heads, self.attention_head_size)
-        dropout_p = self.dropout.p if self.training else 0.0
-        impl = self.config.attn_implementation
-        if impl == "fused":
-            # one [3*hidden] GEMM instead of three; q, k, v are strided views of its output (the kernel takes strides)
-            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3*hidden, hidden]
-            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-            qkv = F.linear(hidden, weight, bias).view(hidden.shape[:-1] + (3,) + heads_shape[-2:])  # [..., 3, heads, head_dim]
-            q, k, v = qkv.unbind(-3)
-            out = ops.attention(q, k, v, attention_mask=attn.attention_mask, cu_seqlens=attn.cu_seqlens,
-                                max_seqlen=attn.max_seqlen, dropout_p=dropout_p)
-            return out.reshape(hidden.shape)  # [..., hidden]
-        q = self.query(hidden).view(heads_shape)  # [batch, seqlen, heads, head_dim] or [total, heads, head_dim]
-        k = self.key(hidden).view(heads_shape)
-        v = self.value(hidden).view(heads_shape)
-        fn = reference.eager_attention if impl == "eager" else reference.sdpa_attention
-        if attn.packed:
-            # eager/sdpa have no packed form: pad (q, k, v in one scatter), attend, drop the padding again
-            qkv, mask = reference.packed_to_padded(torch.stack((q, k, v), dim=1), attn.cu_seqlens, attn.max_seqlen)
-            qp, kp, vp = qkv.unbind(2)  # [batch, max_seqlen, heads, head_dim] each
-            out = reference.padded_to_packed(fn(qp, kp, vp, mask, dropout_p), mask)
-        else:
-            out = fn(q, k, v, attn.attention_mask, dropout_p)
+        # q, k, v: [batch, seqlen, heads, head_dim] or [total, heads, head_dim]
+        q, k, v = self.kernels.project_qkv(hidden, self.query, self.key, self.value, self.num_attention_heads)
+        out = self.kernels.attention(q, k, v, attn, _dropout_p(self.dropout, self.training))
         return out.reshape(hidden.shape)  # [..., hidden]
 
 
-class BertSelfOutput(nn.Module):
+class BertSelfOutput(_UsesKernels):
     """dense -> dropout -> + residual -> LayerNorm (one fused op on the "fused" path)."""
 
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+    def __init__(self, config: BertConfig, in_features: int | None = None):
+        super().__init__(config)
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        hidden = self.dense(hidden)
-        if self.config.attn_implementation == "fused":
-            dropout_p = self.dropout.p if self.training else 0.0
-            return ops.layer_norm(hidden, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps,
-                                  residual=residual, dropout_p=dropout_p)
-        return self.LayerNorm(self.dropout(hidden) + residual)
+        return self.kernels.add_layer_norm(self.dense(hidden), residual, self.LayerNorm,
+                                           _dropout_p(self.dropout, self.training))
 
 
 class BertAttention(nn.Module):
@@ -167,27 +124,22 @@ class BertAttention(nn.Module):
         return self.output(self.self(hidden, attn), hidden)
 
 
-class BertIntermediate(nn.Module):
-    """dense -> GELU; on the "fused" path the bias add and the GELU are one op after a bias-free GEMM."""
+class BertIntermediate(_UsesKernels):
+    """dense -> activation; on the "fused" path a bias-free GEMM, then bias + GELU in one op."""
 
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        act = self.config.hidden_act
-        if self.config.attn_implementation == "fused" and act in GELU_APPROXIMATE:
-            return ops.bias_gelu(F.linear(hidden, self.dense.weight), self.dense.bias, approximate=GELU_APPROXIMATE[act])
-        return activation(act, self.dense(hidden))
+        return self.kernels.dense_act(hidden, self.dense, self.config.hidden_act)
 
 
 class BertOutput(BertSelfOutput):
     """dense (intermediate -> hidden) -> dropout -> + residual -> LayerNorm."""
 
     def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        super().__init__(config, in_features=config.intermediate_size)
 
 
 class BertLayer(nn.Module):
@@ -231,10 +183,10 @@ class BertPooler(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# shared machinery: init, input checks, loading and saving
+# shared machinery: init, the path, loading and saving
 # ----------------------------------------------------------------------------------------------------------------
 class BertPreTrainedModel(nn.Module):
-    """Weight init, ``from_pretrained`` / ``save_pretrained`` (local folders only) and the attention switch."""
+    """Weight init, the path (``choose_path``), ``from_pretrained`` / ``save_pretrained`` (local folders only)."""
 
     base_model_prefix = "bert"
 
@@ -243,6 +195,7 @@ class BertPreTrainedModel(nn.Module):
         if not isinstance(config, BertConfig):
             raise TypeError(f"config must be a fastbert.BertConfig, got {type(config).__name__}")
         self.config = config.replace()  # our own copy: the caller's config is never mutated
+        self.path: Path = choose_path(self.config.attn_implementation)
 
     # -- init (HF's _init_weights) --------------------------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:
@@ -261,19 +214,47 @@ class BertPreTrainedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def post_init(self) -> None:
-        """End of every model's __init__: share the config, initialise the weights, tie the decoder."""
-        _share_config(self)
+        """End of every model's __init__: share the config, install the path, initialise and tie the weights."""
+        for module in self.modules():
+            if hasattr(module, "config"):
+                module.config = self.config
+        self._install_path()
         self.apply(self._init_weights)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         """Heads with an MLM decoder share its weight with the word embeddings (overridden there)."""
 
-    # -- switches -------------------------------------------------------------------------------------------------
+    def _tied_keys(self) -> list[str]:
+        return []
+
+    # -- the path -------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _install_path(self) -> None:
+        """Ask the policy once for this model's config and device, and hand the kernel table to every layer."""
+        device = next(self.parameters(), torch.empty(0)).device
+        self.path = choose_path(self.config.attn_implementation, device)
+        for module in self.modules():
+            if isinstance(module, _UsesKernels):
+                module.kernels = self.path.kernels
+            elif isinstance(module, BertPreTrainedModel):
+                module.path = self.path
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() end here: "auto" may mean another path on the new device
+        out = super()._apply(fn, *args, **kwargs)
+        if self.path is not None:
+            self._install_path()
+        return out
+
     def set_attn_implementation(self, attn_implementation: str) -> "BertPreTrainedModel":
-        """Switch every layer between "eager", "sdpa" and "fused" (in place; the weights are untouched)."""
+        """Switch every layer to "auto", "eager", "sdpa" or "fused" (in place; the weights are untouched)."""
+        choose_path(attn_implementation)  # validates the name before anything changes
         self.config.attn_implementation = attn_implementation
-        self.config.validate()
+        self._install_path()
         return self
 
     def gradient_checkpointing_enable(self) -> None:
@@ -289,7 +270,7 @@ class BertPreTrainedModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # -- loading --------------------------------------------------------------------------------------------------
+    # -- loading and saving ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, attn_implementation: str | None = None,
                         **config_overrides: Any) -> "BertPreTrainedModel":
@@ -300,113 +281,24 @@ class BertPreTrainedModel(nn.Module):
         checkpoint lacks are freshly initialised (logged), and heads this class lacks are ignored (logged). Missing
         encoder weights, unknown keys and shape mismatches raise ValueError.
         """
-        folder = resolve_model_folder(path)
+        folder = loading.resolve_model_folder(path)
         if attn_implementation is not None:
             config_overrides["attn_implementation"] = attn_implementation
-        config = BertConfig.from_pretrained(folder, **config_overrides)
-        model = cls(config)
-        model.load_checkpoint_state_dict(_read_weights(folder))
+        model = cls(BertConfig.from_pretrained(folder, **config_overrides))
+        model.load_checkpoint_state_dict(loading.read_weights(folder))
         return model
 
     def load_checkpoint_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's tensors into this model with the checks described in ``from_pretrained``."""
-        state_dict = _normalize_keys(state_dict)
-        own = self.state_dict()
-        prefix = self.base_model_prefix + "."
-        has_base = any(k.startswith(prefix) for k in own)
-        ckpt_has_base = any(k.startswith(prefix) for k in state_dict)
-        if has_base and not ckpt_has_base:
-            state_dict = {(k if k.startswith("cls.") else prefix + k): v for k, v in state_dict.items()}
-        elif not has_base and ckpt_has_base:
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-        tied = set(self._tied_keys())
-        unexpected = sorted(k for k in state_dict if k not in own)
-        head_like = ("cls.", "pooler.", prefix + "pooler.", "classifier.", "qa_outputs.")
-        bad_unexpected = [k for k in unexpected if not k.startswith(head_like)]
-        if bad_unexpected:
-            raise ValueError(f"checkpoint has keys this {type(self).__name__} does not know: {bad_unexpected[:8]}")
-        missing = sorted(k for k in own if k not in state_dict and k not in tied)
-        base_missing = [k for k in missing if not k.startswith(head_like)]
-        if base_missing:
-            raise ValueError(f"checkpoint lacks encoder weights: {base_missing[:8]}" + (" ..." if len(base_missing) > 8 else ""))
-        mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                      for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
-        if mismatched:
-            raise ValueError("checkpoint shapes do not match the config: " + "; ".join(mismatched[:8]))
-        if unexpected:
-            logger.info("ignored checkpoint weights this %s does not use: %s", type(self).__name__, unexpected)
-        if missing:
-            logger.warning("%s: newly initialised (not in the checkpoint): %s", type(self).__name__, missing)
-        loadable = {k: v for k, v in state_dict.items() if k in own}
-        self.load_state_dict(loadable, strict=False)
+        loading.load_into(self, state_dict, self.base_model_prefix + ".", set(self._tied_keys()))
         self.tie_weights()
 
-    def _tied_keys(self) -> list[str]:
-        return []
-
-    # -- saving ---------------------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json + model.safetensors (tied copies written once, as Hugging Face does)."""
-        from safetensors.torch import save_file
-
         os.makedirs(path, exist_ok=True)
         config = self.config.replace(extra={**self.config.extra, "architectures": [type(self).__name__]})
         config.save_pretrained(path)
-        tied = set(self._tied_keys())
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in tied}
-        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-
-
-def resolve_model_folder(path: str | os.PathLike) -> str:
-    """The folder holding config.json: ``path`` itself, or the Transformer sub-folder a sentence-transformers
-    modules.json names. Local paths only."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path!r} is not a local model folder (fastbert never downloads weights)")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path
-    # sentence-transformers may keep the transformer in a sub-folder named by modules.json
-    modules = os.path.join(path, "modules.json")
-    if os.path.isfile(modules):
-        import json
-
-        with open(modules, encoding="utf-8") as f:
-            for module in json.load(f):
-                sub = os.path.join(path, module.get("path", ""))
-                if module.get("type", "").endswith("Transformer") and os.path.isfile(os.path.join(sub, "config.json")):
-                    return sub
-    raise FileNotFoundError(f"no config.json in {path!r}")
-
-
-def _read_weights(folder: str) -> dict[str, torch.Tensor]:
-    st = os.path.join(folder, "model.safetensors")
-    if os.path.isfile(st):
-        from safetensors.torch import load_file
-
-        return load_file(st)
-    binary = os.path.join(folder, "pytorch_model.bin")
-    if os.path.isfile(binary):
-        return torch.load(binary, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder!r}")
-
-
-def _normalize_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """TF-era names (LayerNorm.gamma/beta) -> weight/bias; drop legacy buffers."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith(("embeddings.position_ids", "embeddings.token_type_ids")):
-            continue
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        out[key] = value
-    return out
-
-
-def _share_config(model: BertPreTrainedModel) -> None:
-    """Point every submodule at the model's own config, so set_attn_implementation switches them all at once."""
-    for module in model.modules():
-        if hasattr(module, "config"):
-            module.config = model.config
+        loading.save_weights(self, os.fspath(path), set(self._tied_keys()))
 
 
 def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen):
@@ -481,20 +373,16 @@ def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids,
 class BertModel(BertPreTrainedModel):
     """The BERT encoder (+ pooler). Returns ``last_hidden_state`` and ``pooler_output`` like HF's BertModel.
 
-    Padded batches are unpadded internally (the whole encoder then runs on ``[total_tokens, hidden]``) according to
-    ``model.unpad``: "auto" (default) unpads on the "fused" path when at least ``UNPAD_MIN_PADDING`` of the batch is
-    padding, "always" / "never" force it (any backend). Unpadding reads the per-row lengths on the host: one
-    device->host copy of ``batch`` ints. The result is re-padded at the output (zeros at padding positions, where
+    Padded batches are unpadded internally (the whole encoder then runs on ``[total_tokens, hidden]``) when the
+    path's rule says so (``Path.unpads``: the "fused" path when at least 10% of the batch is padding) or when
+    ``model.unpad`` forces it ("always" / "never"; default "auto"). Unpadding reads the per-row lengths on the host:
+    one device->host copy of ``batch`` ints. The result is re-padded at the output (zeros at padding positions, where
     HF's eager attention leaves values computed from garbage-in rows; compare real positions only).
 
     Set ``model.check_inputs = False`` to skip the input validation (one more device->host sync per forward).
     Inside ``torch.compile`` both the validation and the internal unpadding are skipped (they need host syncs and
     data-dependent shapes); pass the collator's packed batch to a compiled model to run padding-free.
     """
-
-    # Unpad when at least this fraction of the padded batch is padding. Chosen from `benchmarks/bench_bert.py`'s
-    # padding sweep (see README "Padding-free encoder"); re-measure per device.
-    UNPAD_MIN_PADDING = 0.10
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -519,16 +407,16 @@ class BertModel(BertPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Padded: input_ids [batch, seqlen] (+ attention_mask). Packed: input_ids [total] + cu_seqlens + max_seqlen
         (position_ids default to 0..len-1 per sequence). Outputs keep the input's layout."""
-        compiling = _is_compiling()
+        compiling = torch.compiler.is_compiling()
         if self.check_inputs and not compiling:  # value checks need a host sync: skipped inside torch.compile graphs
             _check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        indices = None
+        unpadded = None
         if cu_seqlens is not None:
             attn = AttentionInputs(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
             if position_ids is None:
-                position_ids = packed_position_ids(cu_seqlens, input_ids.numel())
+                position_ids = padding.packed_position_ids(cu_seqlens, input_ids.numel())
         else:
             if position_ids is None:
                 position_ids = self.embeddings.position_ids[:, : input_ids.shape[1]].expand_as(input_ids)
@@ -536,67 +424,38 @@ class BertModel(BertPreTrainedModel):
             if unpadded is None:
                 attn = AttentionInputs(attention_mask=attention_mask)
             else:
-                indices, cu_seqlens, max_seqlen = unpadded
-                attn = AttentionInputs(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+                attn = AttentionInputs(cu_seqlens=unpadded.cu_seqlens, max_seqlen=unpadded.max_seqlen)
                 input_ids, token_type_ids, position_ids = (
-                    t.reshape(-1)[indices] for t in (input_ids, token_type_ids, position_ids))  # [total] each
+                    t.reshape(-1)[unpadded.indices] for t in (input_ids, token_type_ids, position_ids))  # [total] each
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # [batch, seqlen, hidden] or [total, hidden]
         hidden, all_hidden = self.encoder(hidden, attn, output_hidden_states)
         pooled = None
         if self.pooler is not None:
             pooled = self.pooler(first_tokens(hidden, attn.cu_seqlens))  # [batch, hidden]
-        if indices is not None:  # back to the caller's padded layout
+        if unpadded is not None:  # back to the caller's padded layout
             shape = attention_mask.shape
-            hidden = pad_output(hidden, indices, shape)
+            hidden = padding.pad(hidden, unpadded.indices, shape)
             if all_hidden is not None:
-                all_hidden = tuple(pad_output(h, indices, shape) for h in all_hidden)
+                all_hidden = tuple(padding.pad(h, unpadded.indices, shape) for h in all_hidden)
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
 
-    def _maybe_unpad(self, attention_mask: torch.Tensor | None):
-        """(indices, cu_seqlens, max_seqlen) when this padded batch should run padding-free, else None."""
+    def _maybe_unpad(self, attention_mask: torch.Tensor | None) -> padding.Unpadded | None:
+        """The packed layout of this padded batch when the path's rule (or ``self.unpad``) says to unpad, else None."""
         if attention_mask is None or self.unpad == "never":
             return None
-        if self.unpad == "auto" and self.config.attn_implementation != "fused":
-            return None
-        if self.unpad not in ("auto", "always"):
-            raise ValueError(f"BertModel.unpad must be 'auto', 'always' or 'never', got {self.unpad!r}")
         seqlens = attention_mask.sum(1, dtype=torch.int32)
         seqlens_host = seqlens.cpu()  # the one device->host copy of the unpadded path: [batch] ints
-        total = int(seqlens_host.sum())
-        if self.unpad == "auto" and total > (1.0 - self.UNPAD_MIN_PADDING) * attention_mask.numel():
+        if not self.path.unpads(int(seqlens_host.sum()), attention_mask.numel(), self.unpad):
             return None
-        flat = attention_mask.reshape(-1).bool()
-        # positions of the real tokens in row-major order, found without a data-dependent shape (no nonzero sync):
-        # a stable sort puts the True entries first, in their original order
-        indices = torch.argsort((~flat).to(torch.uint8), stable=True)[:total]
-        cu_seqlens = reference.seqlens_to_cu_seqlens(seqlens)
-        return indices, cu_seqlens, int(seqlens_host.max())
-
-
-def _is_compiling() -> bool:
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())
-
-
-def pad_output(packed: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """[total, hidden] rows scattered back to [*shape, hidden] (zeros at padding)."""
-    out = packed.new_zeros((shape.numel(), packed.shape[-1])).index_copy(0, indices, packed)
-    return out.view(*shape, packed.shape[-1])
+        return padding.unpad(attention_mask, seqlens, seqlens_host)
 
 
 def labeled_positions(labels: torch.Tensor) -> torch.Tensor:
     """Flat indices (into ``labels.reshape(-1)``) of the positions with an MLM label. Compute it where the labels
     are made (on the CPU, in the data pipeline) and pass it as ``masked_positions`` to avoid a device sync."""
     return (labels.reshape(-1) != IGNORE_INDEX).nonzero().reshape(-1)
-
-
-def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Positions restarting at 0 in every packed sequence: int64 [total]."""
-    starts = cu_seqlens[:-1].long()
-    seq_of_token = torch.searchsorted(cu_seqlens[1:].long(), torch.arange(total, device=cu_seqlens.device), right=True)
-    return torch.arange(total, device=cu_seqlens.device) - starts[seq_of_token]
 
 
 def first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
@@ -612,15 +471,16 @@ def first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch
 # ----------------------------------------------------------------------------------------------------------------
 # heads
 # ----------------------------------------------------------------------------------------------------------------
-class BertPredictionHeadTransform(nn.Module):
+class BertPredictionHeadTransform(_UsesKernels):
+    """dense -> activation -> LayerNorm (bias + GELU and the LayerNorm fused on the "fused" path)."""
+
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(activation(self.config.hidden_act, self.dense(hidden)))
+        return self.kernels.layer_norm(self.kernels.dense_act(hidden, self.dense, self.config.hidden_act), self.LayerNorm)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -676,6 +536,17 @@ class _BertWithMLMDecoder(BertPreTrainedModel):
 
 def _base(config: BertConfig, add_pooling_layer: bool = True) -> BertModel:
     return BertModel(config, add_pooling_layer=add_pooling_layer)
+
+
+def _add_classifier(model: BertPreTrainedModel, add_pooling_layer: bool) -> None:
+    """The encoder, dropout and ``classifier`` of the sequence / token classification heads (HF's layout)."""
+    config = model.config
+    model.num_labels = config.num_labels
+    model.bert = _base(config, add_pooling_layer=add_pooling_layer)
+    model.dropout = nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None
+                               else config.hidden_dropout_prob)
+    model.classifier = nn.Linear(config.hidden_size, config.num_labels)
+    model.post_init()
 
 
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -760,12 +631,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.num_labels = self.config.num_labels
-        self.bert = _base(self.config)
-        p = self.config.classifier_dropout if self.config.classifier_dropout is not None else self.config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(self.config.hidden_size, self.config.num_labels)
-        self.post_init()
+        _add_classifier(self, add_pooling_layer=True)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True):
@@ -787,12 +653,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
 class BertForTokenClassification(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.num_labels = self.config.num_labels
-        self.bert = _base(self.config, add_pooling_layer=False)
-        p = self.config.classifier_dropout if self.config.classifier_dropout is not None else self.config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(self.config.hidden_size, self.config.num_labels)
-        self.post_init()
+        _add_classifier(self, add_pooling_layer=False)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True):
@@ -823,7 +684,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         if cu_seqlens is not None:
             # per-sequence positions: back to [batch, max_seqlen, 2]; the padding gets finfo.min so the span softmax
             # covers the real tokens only (the packed form has no padding to attend to)
-            logits, mask = reference.packed_to_padded(logits, cu_seqlens, max_seqlen)
+            logits, mask = padding.packed_to_padded(logits, cu_seqlens, max_seqlen)
             logits = logits.masked_fill(~mask.bool()[..., None], torch.finfo(logits.dtype).min)
         start_logits, end_logits = logits.unbind(-1)  # [batch, seqlen] each
         loss = None

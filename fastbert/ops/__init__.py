@@ -1,13 +1,29 @@
-"""Functional ops. Each fused op dispatches (in its own functional, through ``fastbert._backend``) to its Triton
-kernels or to the plain-PyTorch reference in :mod:`fastbert.ops.reference`.
+"""fastbert.ops: the fused functionals, their plain-PyTorch references, the layout helpers and the path table.
 
-Importing defines the Triton kernels but compiles nothing: compilation happens at a kernel's first launch.
-The functionals are bound here explicitly: each shares its name with its module (``ops.attention`` is the
-function, ``fastbert.ops.attention`` the module that holds it).
+* ``attention``, ``layer_norm``, ``bias_gelu``: the fused ops (modules ``fused_attention``, ``fused_layer_norm``,
+  ``fused_gelu``: Triton kernels, launchers, custom ops, autograd, functional). They are imported on first access,
+  so importing this package does not import Triton.
+* ``reference``: the PyTorch references (test oracle and CPU path); ``padding``: padded <-> packed helpers.
+* ``kernels(path)`` / ``choose_path(attn_implementation, device)``: which ops a model runs (``dispatch``).
 """
-from . import reference  # noqa: F401
-from .attention import attention  # noqa: F401
-from .gelu import bias_gelu  # noqa: F401
-from .layer_norm import layer_norm  # noqa: F401
+import importlib
 
-__all__ = ["attention", "layer_norm", "bias_gelu", "reference"]
+from . import padding, reference  # noqa: F401
+from .dispatch import AttentionInputs, Kernels, Path, choose_path, kernels  # noqa: F401
+
+_FUNCTIONALS = {"attention": "fused_attention", "layer_norm": "fused_layer_norm", "bias_gelu": "fused_gelu"}
+
+__all__ = ["attention", "layer_norm", "bias_gelu", "reference", "padding", "AttentionInputs", "Kernels", "Path",
+           "choose_path", "kernels"]
+
+
+def __getattr__(name: str):
+    if name in _FUNCTIONALS:
+        fn = getattr(importlib.import_module(f".{_FUNCTIONALS[name]}", __name__), name)
+        globals()[name] = fn  # later lookups skip this hook
+        return fn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FUNCTIONALS))

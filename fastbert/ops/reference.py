@@ -6,7 +6,8 @@ back here. ``upcast=True`` computes in fp32 and casts back to the input dtype (t
 rule); ``upcast=False`` computes in the input dtype ("reflp").
 
 Also here: the two attention paths BertModel offers besides "fused" (``eager_attention``, HF's naive
-matmul/softmax attention, and ``sdpa_attention``), so benchmarks and the model share one definition.
+matmul/softmax attention, and ``sdpa_attention``), so the path table (``fastbert.ops.dispatch``) and the benchmarks
+share one definition.
 """
 from __future__ import annotations
 
@@ -15,28 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-# --------------------------------------------------------------------------------------------------------------
-# layout helpers (padded [batch, seqlen, ...] <-> packed [total_tokens, ...])
-# --------------------------------------------------------------------------------------------------------------
-def seqlens_to_cu_seqlens(seqlens: torch.Tensor) -> torch.Tensor:
-    """[batch] lengths -> int32 [batch + 1] cumulative offsets starting at 0."""
-    return F.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
-
-
-def packed_to_padded(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[total, *rest] -> ([batch, max_seqlen, *rest] zero-padded, attention_mask [batch, max_seqlen] int64)."""
-    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    batch = seqlens.numel()
-    mask = torch.arange(max_seqlen, device=x.device)[None, :] < seqlens[:, None]  # [batch, max_seqlen]
-    out = x.new_zeros((batch, max_seqlen) + tuple(x.shape[1:]))
-    out[mask] = x
-    return out, mask.long()
-
-
-def padded_to_packed(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[batch, seqlen, *rest] -> [total, *rest] keeping positions where attention_mask is 1."""
-    return x[attention_mask.bool()]
+from .padding import packed_to_padded, padded_to_packed
 
 
 # --------------------------------------------------------------------------------------------------------------

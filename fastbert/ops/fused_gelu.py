@@ -16,6 +16,10 @@ Backward recomputes z from the saved x and bias (no pre-activation tensor is sto
 deterministically: each backward program owns a block of rows for a block of columns and writes one fp32 partial row,
 summed afterwards by ``torch.sum`` (no atomics). All arithmetic is fp32; y and dx take x's dtype (also under
 ``torch.autocast``, where bias is typically fp32 and x bf16), dbias takes bias's dtype.
+
+Anatomy: kernels -> launchers ``_bias_gelu_fwd`` / ``_bias_gelu_bwd`` (registered as the custom ops
+``fastbert::bias_gelu_fwd`` / ``bias_gelu_bwd`` with fake implementations) -> ``BiasGeluFn`` -> the functional
+:func:`bias_gelu`, the only place that asks ``_backend`` for Triton or reference.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import triton
 import triton.language as tl
 
 from .. import _backend
+from . import _common
+from ._common import check_float_tensors, fused_op
 from .reference import bias_gelu_ref
 
 APPROXIMATIONS = ("none", "tanh")
@@ -137,25 +143,14 @@ def _config(n: int, backward: bool = False) -> tuple[int, int, int]:
     return block_m, block_n, warps
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """View as [rows, N] with unit column stride (copies only if that is impossible)."""
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 # --------------------------------------------------------------------------------------------------------------
 # launchers (2-D row-contiguous inputs)
 # --------------------------------------------------------------------------------------------------------------
+def _fwd_fake(x, bias, tanh):
+    return x.new_empty(x.shape)
+
+
+@fused_op("bias_gelu_fwd", _fwd_fake)
 def _bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, tanh: bool) -> torch.Tensor:
     """x [M, N] (row-contiguous) -> gelu(x + bias) [M, N] in x.dtype."""
     M, N = x.shape
@@ -171,6 +166,12 @@ def _bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None, tanh: bool) -> to
     return y
 
 
+def _bwd_fake(dy, x, bias, tanh, need_db):
+    need_db = need_db and bias is not None
+    return x.new_empty(x.shape), (bias.new_empty(bias.shape) if need_db else x.new_empty(0))
+
+
+@fused_op("bias_gelu_bwd", _bwd_fake)
 def _bias_gelu_bwd(
     dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, tanh: bool, need_db: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +186,8 @@ def _bias_gelu_bwd(
     col_blocks = triton.cdiv(N, block_n)
     if x.device.type == "cuda":
         # enough row programs to fill the GPU a few times over, counting the column blocks
-        row_programs = max(1, _sm_count(x.device) * _CONFIG_OVERRIDE.get("bwd_programs_per_sm", 4) // col_blocks)
+        per_sm = _CONFIG_OVERRIDE.get("bwd_programs_per_sm", 4)
+        row_programs = max(1, _common.sm_count(x.device) * per_sm // col_blocks)
     else:
         row_programs = 4
     row_programs = max(1, min(row_programs, triton.cdiv(M, block_m)))
@@ -202,48 +204,16 @@ def _bias_gelu_bwd(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# torch.library custom ops and autograd
+# autograd
 # --------------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("fastbert::bias_gelu_fwd", mutates_args=())
-def _bias_gelu_fwd_op(x: torch.Tensor, bias: torch.Tensor | None, tanh: bool) -> torch.Tensor:
-    return _bias_gelu_fwd(x, bias, tanh)
-
-
-@_bias_gelu_fwd_op.register_fake
-def _(x, bias, tanh):
-    return x.new_empty(x.shape)
-
-
-@torch.library.custom_op("fastbert::bias_gelu_bwd", mutates_args=())
-def _bias_gelu_bwd_op(
-    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, tanh: bool, need_db: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _bias_gelu_bwd(dy, x, bias, tanh, need_db)
-
-
-@_bias_gelu_bwd_op.register_fake
-def _(dy, x, bias, tanh, need_db):
-    need_db = need_db and bias is not None
-    return x.new_empty(x.shape), (bias.new_empty(bias.shape) if need_db else x.new_empty(0))
-
-
-def _fwd(*args):
-    # eager calls skip the custom-op dispatcher (host overhead); torch.compile sees the opaque op
-    return torch.ops.fastbert.bias_gelu_fwd(*args) if torch.compiler.is_compiling() else _bias_gelu_fwd(*args)
-
-
-def _bwd(*args):
-    return torch.ops.fastbert.bias_gelu_bwd(*args) if torch.compiler.is_compiling() else _bias_gelu_bwd(*args)
-
-
 class BiasGeluFn(torch.autograd.Function):
     """y = gelu(x + bias) on [..., N] tensors; saves x and bias (z is recomputed in backward)."""
 
     @staticmethod
     def forward(ctx, x, bias, tanh):
         shape = x.shape
-        x2 = _rows(x)  # [M, N]
-        y = _fwd(x2, bias, tanh)
+        x2 = _common.rows(x)  # [M, N]
+        y = _bias_gelu_fwd(x2, bias, tanh)
         ctx.save_for_backward(x2, bias)
         ctx.tanh = tanh
         ctx.shape = shape
@@ -253,21 +223,20 @@ class BiasGeluFn(torch.autograd.Function):
     def backward(ctx, dy):
         x2, bias = ctx.saved_tensors
         need_db = ctx.needs_input_grad[1] and bias is not None
-        dx, db = _bwd(_rows(dy), x2, bias, ctx.tanh, need_db)
+        dx, db = _bias_gelu_bwd(_common.rows(dy), x2, bias, ctx.tanh, need_db)
         return dx.view(ctx.shape), (db if need_db else None), None
 
 
 # --------------------------------------------------------------------------------------------------------------
-# functional
+# checks and the functional
 # --------------------------------------------------------------------------------------------------------------
 def _check_args(x, bias, approximate) -> None:
+    """Raise ValueError naming the argument."""
     if approximate not in APPROXIMATIONS:
         raise ValueError(
             f"bias_gelu: approximate must be 'none' (exact erf GELU, BERT's 'gelu') or 'tanh', got {approximate!r}"
         )
-    for name, t in (("x", x), ("bias", bias)):
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"bias_gelu: {name} must be a floating-point tensor, got {t.dtype}")
+    check_float_tensors("bias_gelu", x=x, bias=bias)
     if x.dim() < 1:
         raise ValueError("bias_gelu: x must have at least one dimension (the features)")
     if bias is not None and tuple(bias.shape) != (x.shape[-1],):

@@ -22,6 +22,11 @@ choices move the same bytes over a forward+backward (fwd 3 + bwd 4 tensor passes
 memory in BERT, where the residual is also the input of the next Linear and is saved anyway; (3) keeps ``s`` in fp32
 in both directions instead of rounding it to bf16 for storage, so backward is the exact VJP of forward.
 
+Anatomy: kernels -> launchers ``_layer_norm_fwd`` / ``_layer_norm_bwd`` (registered as the custom ops
+``fastbert::layer_norm_fwd`` / ``layer_norm_bwd`` with fake implementations) -> ``LayerNormFn`` -> the functional
+:func:`layer_norm`, the only place that asks ``_backend`` for Triton or reference. Dropout: ``_common.dropout_keep``
+at (row, column) of stream 0.
+
 Dtypes. Output y has x's dtype (also under ``torch.autocast`` with fp32 parameters and bf16/fp16 activations: unlike
 ``torch.nn.LayerNorm``, which autocast runs in fp32 and which then returns fp32, we return x.dtype so the next
 Linear gets the half-precision tensor it would cast to anyway, at half the bytes). Residual may have another floating
@@ -34,7 +39,8 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from ._dropout import draw_seed, dropout_scale, keep_tile
+from . import _common
+from ._common import check_dropout_p, check_float_tensors, draw_seed, dropout_keep, dropout_scale, dropout_threshold, fused_op
 from .reference import layer_norm_ref
 
 MAX_HIDDEN = 16384  # one row must fit one register block (BLOCK_N = next_power_of_2(hidden))
@@ -43,11 +49,11 @@ MAX_HIDDEN = 16384  # one row must fit one register block (BLOCK_N = next_power_
 # --------------------------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["M"])
+@triton.jit(do_not_specialize=["M", "dropout_threshold"])
 def _layer_norm_fwd_kernel(
     X, R, W, B, Y, MEAN, RSTD, SEED,
     stride_x_row, stride_r_row, stride_y_row,
-    M, N, eps, dropout_p, dropout_scale,
+    M, N, eps, dropout_threshold, dropout_scale,
     HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -60,7 +66,7 @@ def _layer_norm_fwd_kernel(
 
     s = tl.load(X + rows64 * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_DROPOUT:
-        keep = keep_tile(SEED, rows, 0, dropout_p, BLOCK_N)
+        keep = dropout_keep(tl.load(SEED), rows, 0, 0, dropout_threshold, BLOCK_N)
         s = tl.where(keep, s * dropout_scale, 0.0)
     if HAS_RESIDUAL:
         s += tl.load(R + rows64 * stride_r_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -79,11 +85,11 @@ def _layer_norm_fwd_kernel(
     tl.store(Y + rows64 * stride_y_row + cols[None, :], y, mask=mask)
 
 
-@triton.jit(do_not_specialize=["M", "rows_per_program"])
+@triton.jit(do_not_specialize=["M", "rows_per_program", "dropout_threshold"])
 def _layer_norm_bwd_kernel(
     DY, X, R, W, MEAN, RSTD, SEED, DRES, DX, DW_PARTIAL, DB_PARTIAL,
     stride_dy_row, stride_x_row, stride_r_row, stride_dres_row, stride_dx_row,
-    M, N, rows_per_program, dropout_p, dropout_scale,
+    M, N, rows_per_program, dropout_threshold, dropout_scale,
     HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     STORE_DRES: tl.constexpr, STORE_DX: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -107,7 +113,7 @@ def _layer_norm_bwd_kernel(
         # recompute s = dropout(x) + residual exactly as forward did (fp32)
         s = tl.load(X + rows64 * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_DROPOUT:
-            keep = keep_tile(SEED, rows, 0, dropout_p, BLOCK_N)
+            keep = dropout_keep(tl.load(SEED), rows, 0, 0, dropout_threshold, BLOCK_N)
             s = tl.where(keep, s * dropout_scale, 0.0)
         if HAS_RESIDUAL:
             s += tl.load(R + rows64 * stride_r_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -138,7 +144,7 @@ def _layer_norm_bwd_kernel(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# launch configuration (H100-oriented heuristics; benchmarks/bench_layer_norm.py --sweep retunes them)
+# launch configuration (benchmarks/bench_layer_norm.py --sweep retunes it through _CONFIG_OVERRIDE)
 # --------------------------------------------------------------------------------------------------------------
 # Overrides for tuning sweeps: keys "fwd_block_m", "fwd_warps", "bwd_block_m", "bwd_warps", "bwd_programs_per_sm".
 _CONFIG_OVERRIDE: dict[str, int] = {}
@@ -162,34 +168,22 @@ def _bwd_config(n: int, m: int, device: torch.device) -> tuple[int, int, int, in
     block_m = _CONFIG_OVERRIDE.get("bwd_block_m", max(1, min(8, 2048 // block_n)))
     warps = _CONFIG_OVERRIDE.get("bwd_warps", max(4, min(16, block_m * block_n // 256)))
     if device.type == "cuda":
-        programs = _sm_count(device) * _CONFIG_OVERRIDE.get("bwd_programs_per_sm", 4)
+        programs = _common.sm_count(device) * _CONFIG_OVERRIDE.get("bwd_programs_per_sm", 4)
     else:
         programs = 4  # the interpreter: few programs, each looping over many rows, exercises the loop
     programs = max(1, min(programs, triton.cdiv(m, block_m)))
     return block_m, block_n, warps, programs
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
-
-
 # --------------------------------------------------------------------------------------------------------------
-# launchers (2-D row-contiguous inputs; the functional flattens leading dims)
+# launchers (2-D row-contiguous inputs; LayerNormFn flattens leading dims), registered as custom ops
 # --------------------------------------------------------------------------------------------------------------
-def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
-    """View as [rows, N] with unit column stride (copies only if that is impossible)."""
-    if t is None:
-        return None
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
+def _fwd_fake(x, weight, bias, residual, seed, eps, dropout_p):
+    M = x.shape[0]
+    return x.new_empty(x.shape), x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32)
 
 
+@fused_op("layer_norm_fwd", _fwd_fake)
 def _layer_norm_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -212,25 +206,40 @@ def _layer_norm_fwd(
         x, residual if residual is not None else x, weight, bias if bias is not None else weight, y, mean, rstd,
         seed if has_dropout else mean,
         x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
-        M, N, float(eps), float(dropout_p), dropout_scale(dropout_p),
+        M, N, float(eps), dropout_threshold(dropout_p), dropout_scale(dropout_p),
         HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, HAS_DROPOUT=has_dropout,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return y, mean, rstd
 
 
+def _stores_dres(need_dx, need_dres, has_dropout, x_dtype, residual_dtype) -> bool:
+    """Does backward write dresidual separately (else dresidual is dx itself)?"""
+    return need_dres and (has_dropout or not need_dx or residual_dtype != x_dtype)
+
+
+def _bwd_fake(dy, x, residual, weight, bias, mean, rstd, seed, dropout_p, need_dx, need_dres, need_dw, need_db):
+    r_dtype = residual.dtype if residual is not None else None
+    store_dres = _stores_dres(need_dx, need_dres, dropout_p > 0.0, x.dtype, r_dtype)
+    return (
+        x.new_empty(x.shape) if need_dx else x.new_empty(0),
+        x.new_empty(x.shape, dtype=r_dtype) if store_dres else x.new_empty(0),
+        weight.new_empty(weight.shape) if need_dw else x.new_empty(0),
+        bias.new_empty(bias.shape) if need_db else x.new_empty(0),
+    )
+
+
+@fused_op("layer_norm_bwd", _bwd_fake)
 def _layer_norm_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor,
+    bias: torch.Tensor | None,
     mean: torch.Tensor,
     rstd: torch.Tensor,
     seed: torch.Tensor | None,
     dropout_p: float,
-    x_dtype: torch.dtype,
-    residual_dtype: torch.dtype | None,
-    bias_dtype: torch.dtype | None,
     need_dx: bool,
     need_dres: bool,
     need_dw: bool,
@@ -245,9 +254,10 @@ def _layer_norm_bwd(
     device = x.device
     has_dropout = dropout_p > 0.0
     empty = torch.empty(0, device=device)
-    store_dres = _stores_dres(need_dx, need_dres, has_dropout, x_dtype, residual_dtype)
+    residual_dtype = residual.dtype if residual is not None else None
+    store_dres = _stores_dres(need_dx, need_dres, has_dropout, x.dtype, residual_dtype)
     dres = torch.empty((M, N), dtype=residual_dtype, device=device) if store_dres else empty
-    dx = torch.empty((M, N), dtype=x_dtype, device=device) if need_dx else empty
+    dx = torch.empty((M, N), dtype=x.dtype, device=device) if need_dx else empty
     block_m, block_n, warps, programs = _bwd_config(N, M, device)
     rows_per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m if M else block_m
     programs = triton.cdiv(M, rows_per_program) if M else 0
@@ -260,103 +270,27 @@ def _layer_norm_bwd(
             dw_partial if need_dw else mean, db_partial if need_db else mean,
             dy.stride(0), x.stride(0), residual.stride(0) if residual is not None else 0,
             dres.stride(0) if store_dres else 0, dx.stride(0) if need_dx else 0,
-            M, N, rows_per_program, float(dropout_p), dropout_scale(dropout_p),
+            M, N, rows_per_program, dropout_threshold(dropout_p), dropout_scale(dropout_p),
             HAS_RESIDUAL=residual is not None, HAS_DROPOUT=has_dropout,
             STORE_DRES=store_dres, STORE_DX=need_dx, COMPUTE_DW=need_dw, COMPUTE_DB=need_db,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
         )
     dw = dw_partial.sum(0).to(weight.dtype) if need_dw else empty
-    db = db_partial.sum(0).to(bias_dtype) if need_db else empty
+    db = db_partial.sum(0).to(bias.dtype) if need_db else empty
     return dx, dres, dw, db
 
 
-def _stores_dres(need_dx, need_dres, has_dropout, x_dtype, residual_dtype) -> bool:
-    """Does backward write dresidual separately (else dresidual is dx itself)?"""
-    return need_dres and (has_dropout or not need_dx or residual_dtype != x_dtype)
-
-
 # --------------------------------------------------------------------------------------------------------------
-# torch.library custom ops (opaque to torch.compile, with fake implementations) and autograd
+# autograd
 # --------------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("fastbert::layer_norm_fwd", mutates_args=())
-def _layer_norm_fwd_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    seed: torch.Tensor | None,
-    eps: float,
-    dropout_p: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _layer_norm_fwd(x, weight, bias, residual, seed, eps, dropout_p)
-
-
-@_layer_norm_fwd_op.register_fake
-def _(x, weight, bias, residual, seed, eps, dropout_p):
-    M = x.shape[0]
-    return (
-        x.new_empty(x.shape),
-        x.new_empty((M,), dtype=torch.float32),
-        x.new_empty((M,), dtype=torch.float32),
-    )
-
-
-@torch.library.custom_op("fastbert::layer_norm_bwd", mutates_args=())
-def _layer_norm_bwd_op(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    seed: torch.Tensor | None,
-    dropout_p: float,
-    need_dx: bool,
-    need_dres: bool,
-    need_dw: bool,
-    need_db: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _layer_norm_bwd_entry(dy, x, residual, weight, bias, mean, rstd, seed, dropout_p, need_dx, need_dres, need_dw, need_db)
-
-
-def _layer_norm_bwd_entry(dy, x, residual, weight, bias, mean, rstd, seed, dropout_p, need_dx, need_dres, need_dw, need_db):
-    return _layer_norm_bwd(
-        dy, x, residual, weight, mean, rstd, seed, dropout_p, x.dtype,
-        residual.dtype if residual is not None else None, bias.dtype if bias is not None else None,
-        need_dx, need_dres, need_dw, need_db,
-    )
-
-
-@_layer_norm_bwd_op.register_fake
-def _(dy, x, residual, weight, bias, mean, rstd, seed, dropout_p, need_dx, need_dres, need_dw, need_db):
-    r_dtype = residual.dtype if residual is not None else None
-    store_dres = _stores_dres(need_dx, need_dres, dropout_p > 0.0, x.dtype, r_dtype)
-    return (
-        x.new_empty(x.shape) if need_dx else x.new_empty(0),
-        x.new_empty(x.shape, dtype=r_dtype) if store_dres else x.new_empty(0),
-        weight.new_empty(weight.shape) if need_dw else x.new_empty(0),
-        bias.new_empty(bias.shape) if need_db else x.new_empty(0),
-    )
-
-
-def _fwd(*args):
-    # eager calls skip the custom-op dispatcher (tens of microseconds of host overhead); torch.compile sees the op
-    return torch.ops.fastbert.layer_norm_fwd(*args) if torch.compiler.is_compiling() else _layer_norm_fwd(*args)
-
-
-def _bwd(*args):
-    return torch.ops.fastbert.layer_norm_bwd(*args) if torch.compiler.is_compiling() else _layer_norm_bwd_entry(*args)
-
-
 class LayerNormFn(torch.autograd.Function):
     """y = LayerNorm(dropout(x) + residual) on [..., N] tensors; saves x, residual, mean, rstd and the seed."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, seed, eps, dropout_p):
         shape = x.shape
-        x2, r2 = _rows(x), _rows(residual)  # [M, N]
-        y, mean, rstd = _fwd(x2, weight, bias, r2, seed, eps, dropout_p)
+        x2, r2 = _common.rows(x), _common.rows(residual)  # [M, N]
+        y, mean, rstd = _layer_norm_fwd(x2, weight, bias, r2, seed, eps, dropout_p)
         ctx.save_for_backward(x2, r2, weight, bias, mean, rstd, seed)
         ctx.dropout_p = dropout_p
         ctx.shapes = (shape, residual.shape if residual is not None else None)
@@ -369,8 +303,8 @@ class LayerNormFn(torch.autograd.Function):
         need_db = need_db and bias is not None
         need_dres = need_dres and r2 is not None
         x_shape, r_shape = ctx.shapes
-        dx, dres, dw, db = _bwd(
-            _rows(dy), x2, r2, weight, bias, mean, rstd, seed, ctx.dropout_p, need_dx, need_dres, need_dw, need_db
+        dx, dres, dw, db = _layer_norm_bwd(
+            _common.rows(dy), x2, r2, weight, bias, mean, rstd, seed, ctx.dropout_p, need_dx, need_dres, need_dw, need_db
         )
         if need_dres and not dres.numel():
             dres = dx  # no dropout: dresidual == dx, one tensor for both (like AddBackward)
@@ -386,12 +320,11 @@ class LayerNormFn(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# functional
+# checks and the functional
 # --------------------------------------------------------------------------------------------------------------
-def _check_args(x, weight, bias, residual, dropout_p, eps) -> None:
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"layer_norm: {name} must be a floating-point tensor, got {t.dtype}")
+def _check_args(x, weight, bias, residual, eps, dropout_p) -> float:
+    """Raise ValueError naming the argument; return dropout_p as a float."""
+    check_float_tensors("layer_norm", x=x, weight=weight, bias=bias, residual=residual)
     if x.dim() < 1:
         raise ValueError("layer_norm: x must have at least one dimension (the hidden size)")
     n = x.shape[-1]
@@ -403,10 +336,9 @@ def _check_args(x, weight, bias, residual, dropout_p, eps) -> None:
         raise ValueError(f"layer_norm: bias must have shape ({n},) to match x's last dimension, got {tuple(bias.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"layer_norm: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-    if not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"layer_norm: dropout_p must be in [0, 1], got {dropout_p}")
-    if not eps > 0.0:
-        raise ValueError(f"layer_norm: eps must be positive, got {eps}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0.0:
+        raise ValueError(f"layer_norm: eps must be a positive float, got {eps!r}")
+    return check_dropout_p("layer_norm", dropout_p)
 
 
 def layer_norm(
@@ -420,37 +352,13 @@ def layer_norm(
     """LayerNorm(dropout(x) + residual) over the last dimension, in one fused pass forward and backward.
 
     x: ``[..., N]`` (any leading dims, e.g. [batch, seqlen, N] or packed [tokens, N]); residual: x's shape or None;
-    weight, bias: ``[N]`` (bias may be None); 1 <= N <= 16384. ``dropout_p`` applies dropout to x only (pass 0.0 in
-    eval mode); its Philox seed comes from torch's generator on x's device and is replayed in backward.
+    weight, bias: ``[N]`` (bias may be None); 1 <= N <= 16384. ``dropout_p`` in [0, 1) applies dropout to x only
+    (pass 0.0 in eval mode); its Philox seed comes from torch's generator on x's device and is replayed in backward.
     Returns ``[..., N]`` in x.dtype (see the module docstring for the autocast policy). Falls back to
     :func:`fastbert.ops.reference.layer_norm_ref` where Triton cannot run (see :mod:`fastbert._backend`).
     """
-    _check_args(x, weight, bias, residual, dropout_p, eps)
+    dropout_p = _check_args(x, weight, bias, residual, eps, dropout_p)
     if not _backend.use_triton(x, weight, bias, residual, op="layer_norm"):
         return layer_norm_ref(x, weight, bias, eps, residual, dropout_p)
     seed = draw_seed(x.device) if dropout_p > 0.0 else None
-    return LayerNormFn.apply(x, weight, bias, residual, seed, eps, dropout_p)
-
-
-def _layer_norm_with_dropout_mask(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    eps: float = 1e-12,
-    residual: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Test hook: the Triton path of :func:`layer_norm` plus the boolean keep-mask [..., N] it used (None if p == 0).
-
-    The mask is regenerated from the same seed by :func:`fastbert.ops._dropout.dropout_mask`, so a reference fed
-    this mask (``layer_norm_ref(..., dropout_mask=mask)``) must reproduce outputs and gradients exactly.
-    """
-    from ._dropout import dropout_mask
-
-    _check_args(x, weight, bias, residual, dropout_p, eps)
-    seed = draw_seed(x.device) if dropout_p > 0.0 else None
-    y = LayerNormFn.apply(x, weight, bias, residual, seed, eps, dropout_p)
-    if seed is None:
-        return y, None
-    n = x.shape[-1]
-    return y, dropout_mask(seed, x.numel() // n if n else 0, n, dropout_p).view(x.shape)
+    return LayerNormFn.apply(x, weight, bias, residual, seed, float(eps), dropout_p)

@@ -25,11 +25,14 @@ Layouts (one kernel, a (sequence start, length) abstraction per program):
 * packed: q, k, v ``[total_tokens, heads, head_dim]`` with int32 ``cu_seqlens [batch + 1]`` and ``max_seqlen``;
   zero-length sequences are allowed.
 
-Dropout: the keep-mask element (b, h, i, j) (query i, key j of sequence b, head h; packed sequences are top-left
-aligned) is lane j % 4 of Philox4x32-10(key=seed, counter=(j // 4, i, b * heads + h, 0)), kept when u >= p. The
-seed is a one-element int64 tensor drawn with ``torch.randint`` on the op's device (``_dropout.draw_seed``), so it
-follows ``torch.manual_seed``, is replayed by activation checkpointing, needs no host sync and is not baked into a
-CUDA graph. ``_attention_with_dropout_mask`` (test hook) returns that keep-mask next to the output.
+Dropout: the keep decision for (b, h, i, j) (query i, key j of sequence b, head h; packed sequences are top-left
+aligned) is ``_common.dropout_keep`` at row i, column j of stream b * heads + h, from a seed tensor drawn on the op's
+device (see fastbert/ops/_common.py: it follows ``torch.manual_seed``, is replayed by activation checkpointing, needs
+no host sync and is not baked into a CUDA graph).
+
+Anatomy: kernels -> launchers ``_attn_fwd`` / ``_attn_bwd`` (checks of layout, allocation, launch config from
+``_CONFIGS``) -> custom ops ``fastbert::attention_fwd`` / ``attention_bwd`` with fake implementations ->
+``AttentionFn`` -> the functional :func:`attention`, the only place that asks ``_backend`` for Triton or reference.
 """
 import math
 import weakref
@@ -40,10 +43,11 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from ._dropout import draw_seed, dropout_scale
+from . import _common
+from ._common import check_dropout_p, draw_seed, dropout_bits, dropout_keep, dropout_scale, dropout_threshold, fused_op
 from .reference import attention_ref
 
-LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2 (exp2), scale * log2(e) folded into one factor
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # dropout counters are 32-bit (query index, key index): fine for any realistic length; the int32 token offsets
@@ -53,7 +57,7 @@ MAX_BATCH = 65535  # sequences are the third grid dimension
 LOG2E_C = tl.constexpr(LOG2E)
 # Integer arguments that change with the batch's lengths: never specialized (Triton would otherwise compile a variant
 # per "divisible by 16" / "== 1" pattern of e.g. the total token count).
-_RUNTIME_INTS = ["seqlen", "stride_lb", "stride_lh", "stride_mb", "stride_ms"]
+_RUNTIME_INTS = ["seqlen", "stride_lb", "stride_lh", "stride_mb", "stride_ms", "dropout_threshold"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -97,28 +101,6 @@ def _row_is_token(MASK, b, offs, lo, hi, seqlen, stride_mb, stride_ms, HAS_MASK:
     return ok
 
 
-@triton.jit
-def _dropout_uniform(seed, bh, rows, col_start, BLOCK_N: tl.constexpr):
-    """Uniform [0, 1) fp32 [BLOCK_M, BLOCK_N] for query ``rows`` x keys [col_start, col_start + BLOCK_N) of
-    head-sequence bh; an element is kept when u >= dropout_p.
-
-    One Philox4x32-10 call per 4 neighbouring keys: counter (key // 4, query, bh, 0), lane key % 4.
-    ``col_start`` must be a multiple of 4.
-    """
-    quads = (col_start // 4 + tl.arange(0, BLOCK_N // 4)).to(tl.uint32)  # [BLOCK_N // 4]
-    c0 = quads[None, :] + tl.zeros_like(rows).to(tl.uint32)[:, None]  # [BLOCK_M, BLOCK_N // 4]
-    c1 = rows.to(tl.uint32)[:, None] + tl.zeros_like(quads)[None, :]
-    c2 = tl.zeros_like(c0) + bh.to(tl.uint32)
-    zero = tl.zeros_like(c0)
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, zero)
-    u0 = tl.uint_to_uniform_float(r0)
-    u1 = tl.uint_to_uniform_float(r1)
-    u2 = tl.uint_to_uniform_float(r2)
-    u3 = tl.uint_to_uniform_float(r3)
-    # interleave(interleave(u0, u2), interleave(u1, u3))[..., j] == u_{j % 4}[..., j // 4]
-    return tl.interleave(tl.interleave(u0, u2), tl.interleave(u1, u3))
-
-
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, MASK, CU_SEQLENS, SEED,
@@ -128,7 +110,7 @@ def _attn_fwd_kernel(
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh,
     stride_mb, stride_ms,
-    seqlen, num_heads, qk_scale, dropout_p, dropout_scale,
+    seqlen, num_heads, qk_scale, dropout_threshold, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -175,7 +157,7 @@ def _attn_fwd_kernel(
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
             if HAS_DROPOUT:
-                p = tl.where(_dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N) >= dropout_p, p, 0.0)
+                p = tl.where(dropout_keep(seed, offs_m, start_n, bh, dropout_threshold, BLOCK_N), p, 0.0)
             v = tl.load(V_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=(offs_n < hi)[:, None], other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
@@ -205,7 +187,7 @@ def _attn_bwd_dq_kernel(
     stride_dqb, stride_dqs, stride_dqh,
     stride_lb, stride_lh,
     stride_mb, stride_ms,
-    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale,
+    seqlen, num_heads, qk_scale, softmax_scale, dropout_threshold, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -247,7 +229,7 @@ def _attn_bwd_dq_kernel(
             p = tl.where(k_tok[None, :], tl.math.exp2(qk * qk_scale - lse2[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             if HAS_DROPOUT:
-                keep = _dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N) >= dropout_p
+                keep = dropout_keep(seed, offs_m, start_n, bh, dropout_threshold, BLOCK_N)
                 dp = tl.where(keep, dp * dropout_scale, 0.0)
             ds = p * (dp - delta[:, None])
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -267,7 +249,7 @@ def _attn_bwd_dkdv_kernel(
     stride_dvb, stride_dvs, stride_dvh,
     stride_lb, stride_lh,
     stride_mb, stride_ms,
-    seqlen, num_heads, qk_scale, softmax_scale, dropout_p, dropout_scale,
+    seqlen, num_heads, qk_scale, softmax_scale, dropout_threshold, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -313,8 +295,8 @@ def _attn_bwd_dkdv_kernel(
             pT = tl.where(k_tok[:, None], tl.math.exp2(qkT * qk_scale - lse2[None, :]), 0.0)
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
             if HAS_DROPOUT:
-                # same numbers as the forward's [query, key] tile, transposed (fp32, not i1, through the shuffle)
-                keepT = tl.trans(_dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N)) >= dropout_p
+                # the forward's [query, key] numbers, transposed as uint32 (an i1 tile does not go through the shuffle)
+                keepT = tl.trans(dropout_bits(seed, offs_m, start_n, bh, BLOCK_N)) >= dropout_threshold.to(tl.uint32, bitcast=True)
                 pdT = tl.where(keepT, pT * dropout_scale, 0.0)
                 dpT = tl.where(keepT, dpT * dropout_scale, 0.0)
             else:
@@ -329,48 +311,38 @@ def _attn_bwd_dkdv_kernel(
         tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=row_in[:, None])
 
 
-@triton.jit(do_not_specialize=["seqlen"])
-def _attn_dropout_mask_kernel(SEED, KEEP, seqlen, num_heads, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """KEEP[b, h, i, j] = the keep decision the attention kernels make for (b, h, query i, key j)."""
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    seed = tl.load(SEED)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    base = KEEP + bh.to(tl.int64) * seqlen * seqlen
-    for start_n in range(0, seqlen, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_uniform(seed, bh, offs_m, start_n, BLOCK_N) >= dropout_p
-        mask = (offs_m < seqlen)[:, None] & (offs_n < seqlen)[None, :]
-        tl.store(base + offs_m.to(tl.int64)[:, None] * seqlen + offs_n[None, :], keep.to(tl.int8), mask=mask)
+# ----------------------------------------------------------------------------------------------------------------
+# launch configuration: one table, keyed by kernel, head_dim class and compute capability
+# ----------------------------------------------------------------------------------------------------------------
+# (kernel, head_dim <= 64) -> launch parameters for fp16/bf16 on every architecture; an entry under
+# (kernel, head_dim <= 64, (major, minor)) overrides it for that architecture. Never keyed on the sequence length.
+_CONFIGS = {
+    ("fwd", True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    ("fwd", False): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
+    ("dq", True): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    ("dq", False): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
+    ("dkdv", True): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    ("dkdv", False): dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
+}
+# fp32 (accepted, not a fast path): half the tiles, so they fit in shared memory at head_dim 128.
+_FP32_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+# The interpreter: small tiles keep the CPU tests quick while still crossing block boundaries.
+_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+
+
+def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, capability) -> dict:
+    """Block sizes, warps and stages for ``kernel`` ("fwd", "dq", "dkdv") on a device of ``capability``."""
+    if capability is None:
+        return dict(_INTERPRETER_CONFIG)
+    if dtype == torch.float32:
+        return dict(_FP32_CONFIG)
+    small = head_dim <= 64
+    return dict(_CONFIGS.get((kernel, small, tuple(capability)), _CONFIGS[(kernel, small)]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------------------
-def _blocks(head_dim: int, dtype: torch.dtype, kind: str) -> dict:
-    """Block sizes and launch parameters (a heuristic keyed on head_dim and dtype, never on the sequence length).
-
-    In the interpreter small blocks keep the CPU tests quick while still crossing block boundaries. fp32 (accepted,
-    not a fast path) halves the tiles so they fit in shared memory at head_dim 128.
-    """
-    if _backend.TRITON_INTERPRET:
-        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
-    if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-    if kind == "fwd":
-        if head_dim <= 64:
-            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
-    if kind == "dq":
-        if head_dim <= 64:
-            return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2)
-    # dkdv
-    if head_dim <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-    return dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
-
-
 def _layout(q: torch.Tensor, cu_seqlens: Optional[torch.Tensor], max_seqlen: int):
     """(batch, seqlen, heads, is_packed) where seqlen is the padded length or max_seqlen."""
     if cu_seqlens is not None:
@@ -398,9 +370,9 @@ def _mask_args(attention_mask: Optional[torch.Tensor], q: torch.Tensor):
     return m, m.stride(0), m.stride(1)
 
 
-def _common_meta(q, head_dim, seqlen, is_packed, has_mask, dropout_p):
+def _meta(q, is_packed, has_mask, dropout_p):
     return dict(
-        HEAD_DIM=head_dim, BLOCK_R=256 if not _backend.TRITON_INTERPRET else 32,
+        HEAD_DIM=q.shape[-1], BLOCK_R=32 if _common.interpreting() else 256,
         IS_PACKED=is_packed, HAS_MASK=has_mask, HAS_DROPOUT=dropout_p > 0.0,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
@@ -410,34 +382,48 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _attn_fwd(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+def _fwd_fake(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens is not None), dtype=torch.float32)
+
+
+@fused_op("attention_fwd", _fwd_fake)
+def _attn_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor], seed: Optional[torch.Tensor], max_seqlen: int, dropout_p: float,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward: returns (out like q but contiguous, lse fp32 [B, H, S] or [H, T])."""
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     batch, seqlen, heads, is_packed = _layout(q, cu_seqlens, max_seqlen)
-    head_dim = q.shape[-1]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(_lse_shape(q, is_packed), dtype=torch.float32, device=q.device)
     if out.numel() == 0 or batch == 0 or seqlen == 0:
         return out.zero_(), lse.fill_(float("inf"))
     mask, stride_mb, stride_ms = _mask_args(attention_mask, q)
-    cfg = _blocks(head_dim, q.dtype, "fwd")
-    meta = _common_meta(q, head_dim, seqlen, is_packed, attention_mask is not None, dropout_p)
-    grid = (triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)
-    _attn_fwd_kernel[grid](
+    cfg = _launch_config("fwd", q.shape[-1], q.dtype, _common.device_capability(q.device))
+    _attn_fwd_kernel[(triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)](
         q, k, v, out, lse, mask, cu_seqlens if is_packed else q, seed if seed is not None else q,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
         *_lse_strides(lse, is_packed), stride_mb, stride_ms,
-        seqlen, heads, softmax_scale * LOG2E, dropout_p, dropout_scale(dropout_p),
-        **meta, **cfg,
+        seqlen, heads, softmax_scale * LOG2E, dropout_threshold(dropout_p), dropout_scale(dropout_p),
+        **_meta(q, is_packed, attention_mask is not None, dropout_p), **cfg,
     )
     return out, lse
 
 
-def _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+def _bwd_fake(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@fused_op("attention_bwd", _bwd_fake)
+def _attn_bwd(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    attention_mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], seed: Optional[torch.Tensor],
+    max_seqlen: int, dropout_p: float, softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward: returns (dq, dk, dv), contiguous, in q's dtype."""
     q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
     batch, seqlen, heads, is_packed = _layout(q, cu_seqlens, max_seqlen)
-    head_dim = q.shape[-1]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
@@ -445,19 +431,20 @@ def _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seq
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty_like(lse)
     mask, stride_mb, stride_ms = _mask_args(attention_mask, q)
-    meta = _common_meta(q, head_dim, seqlen, is_packed, attention_mask is not None, dropout_p)
+    meta = _meta(q, is_packed, attention_mask is not None, dropout_p)
     cu = cu_seqlens if is_packed else q
     sd = seed if seed is not None else q
-    scalars = (seqlen, heads, softmax_scale * LOG2E, softmax_scale, dropout_p, dropout_scale(dropout_p))
+    scalars = (seqlen, heads, softmax_scale * LOG2E, softmax_scale, dropout_threshold(dropout_p), dropout_scale(dropout_p))
+    capability = _common.device_capability(q.device)
 
-    cfg = _blocks(head_dim, q.dtype, "dq")
+    cfg = _launch_config("dq", q.shape[-1], q.dtype, capability)
     _attn_bwd_dq_kernel[(triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)](
         q, k, v, out, dout, lse, delta, dq, mask, cu, sd,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
         *_strides3(dout, is_packed), *_strides3(dq, is_packed), *_lse_strides(lse, is_packed), stride_mb, stride_ms,
         *scalars, **meta, **cfg,
     )
-    cfg = _blocks(head_dim, q.dtype, "dkdv")
+    cfg = _launch_config("dkdv", q.shape[-1], q.dtype, capability)
     _attn_bwd_dkdv_kernel[(triton.cdiv(seqlen, cfg["BLOCK_N"]), heads, batch)](
         q, k, v, dout, lse, delta, dk, dv, mask, cu, sd,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(dout, is_packed),
@@ -467,60 +454,15 @@ def _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seq
     return dq, dk, dv
 
 
-def _dropout_mask(seed: torch.Tensor, batch: int, heads: int, seqlen: int, dropout_p: float) -> torch.Tensor:
-    """Boolean keep-mask [batch, heads, seqlen, seqlen] the kernels use for ``seed`` (packed: seqlen = max_seqlen)."""
-    keep = torch.zeros((batch, heads, seqlen, seqlen), dtype=torch.int8, device=seed.device)
-    if keep.numel():
-        block_m, block_n = (16, 32) if _backend.TRITON_INTERPRET else (32, 128)
-        _attn_dropout_mask_kernel[(triton.cdiv(seqlen, block_m), batch * heads)](
-            seed, keep, seqlen, heads, float(dropout_p), BLOCK_M=block_m, BLOCK_N=block_n
-        )
-    return keep.bool()
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# torch.library custom ops (torch.compile sees opaque ops with fake implementations, never the Triton kernels)
+# autograd
 # ----------------------------------------------------------------------------------------------------------------
-_FWD_SCHEMA = (
-    "(Tensor q, Tensor k, Tensor v, Tensor? attention_mask, Tensor? cu_seqlens, Tensor? seed, "
-    "SymInt max_seqlen, float dropout_p, float softmax_scale) -> (Tensor, Tensor)"
-)
-_BWD_SCHEMA = (
-    "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? attention_mask, "
-    "Tensor? cu_seqlens, Tensor? seed, SymInt max_seqlen, float dropout_p, float softmax_scale) "
-    "-> (Tensor, Tensor, Tensor)"
-)
-
-
-def _fwd_op_impl(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
-    return _attn_fwd(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
-
-
-def _bwd_op_impl(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
-    return _attn_bwd(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
-
-
-_attention_fwd_op = torch.library.custom_op("fastbert::attention_fwd", _fwd_op_impl, mutates_args=(), schema=_FWD_SCHEMA)
-_attention_bwd_op = torch.library.custom_op("fastbert::attention_bwd", _bwd_op_impl, mutates_args=(), schema=_BWD_SCHEMA)
-
-
-@_attention_fwd_op.register_fake
-def _(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
-    is_packed = cu_seqlens is not None
-    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, is_packed), dtype=torch.float32)
-
-
-@_attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
 class AttentionFn(torch.autograd.Function):
     """Autograd for the fused op: saves q, k, v, out, the fp32 LSE and the dropout seed (never P or the mask)."""
 
     @staticmethod
     def forward(ctx, q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale):
-        out, lse = _attention_fwd_op(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
+        out, lse = _attn_fwd(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
         ctx.save_for_backward(q, k, v, out, lse, attention_mask, cu_seqlens, seed)
         ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale = max_seqlen, dropout_p, softmax_scale
         return out
@@ -528,21 +470,21 @@ class AttentionFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, attention_mask, cu_seqlens, seed = ctx.saved_tensors
-        dq, dk, dv = _attention_bwd_op(
+        dq, dk, dv = _attn_bwd(
             dout, q, k, v, out, lse, attention_mask, cu_seqlens, seed, ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale
         )
         return dq, dk, dv, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# validation and the functional
+# checks and the functional
 # ----------------------------------------------------------------------------------------------------------------
-# The last cu_seqlens tensor whose values passed the checks: (weak reference, its version counter, total, max_seqlen).
+# The last cu_seqlens tensor whose values passed the checks: (weak reference, (version, total, max_seqlen)).
 _cu_seqlens_checked = (None, None)
 
 
-def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale) -> float:
-    """Raise ValueError naming the problem; return the softmax scale to use."""
+def _check_args(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale) -> tuple[float, float]:
+    """Raise ValueError naming the argument; return (dropout_p, softmax_scale) as floats."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -562,8 +504,7 @@ def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, so
     head_dim = q.shape[-1]
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"attention: head_dim {head_dim} is not supported (supported: {SUPPORTED_HEAD_DIMS})")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not (0.0 <= dropout_p < 1.0):
-        raise ValueError(f"attention: dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    dropout_p = check_dropout_p("attention", dropout_p)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(head_dim)
     elif not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool) or not math.isfinite(softmax_scale):
@@ -611,21 +552,24 @@ def _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, so
         raise ValueError(f"attention: at most {MAX_BATCH} sequences per call (a grid dimension), got {batch}")
     if seqlen > MAX_SEQLEN:
         raise ValueError(f"attention: sequence length {seqlen} exceeds the supported maximum {MAX_SEQLEN}")
-    return float(softmax_scale)
+    return dropout_p, float(softmax_scale)
 
 
 def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
     """cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] == total tokens, max length <= max_seqlen.
 
     Reading the values needs one device-to-host copy on GPU; it is skipped when the same, unmodified tensor was just
-    checked (a model passes one cu_seqlens to every layer) and skipped under torch.compile tracing and CUDA-graph capture.
+    checked (a model passes one cu_seqlens to every layer) and skipped under torch.compile tracing and CUDA-graph
+    capture. Inference tensors (made under ``torch.inference_mode``) have no version counter: for them the same
+    tensor object is trusted not to change in place between calls.
     """
     if torch.compiler.is_compiling():
         return
     if cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     global _cu_seqlens_checked
-    key = (cu_seqlens._version, total, int(max_seqlen))
+    version = -1 if cu_seqlens.is_inference() else cu_seqlens._version
+    key = (version, total, int(max_seqlen))
     ref, checked_key = _cu_seqlens_checked
     if ref is not None and ref() is cu_seqlens and checked_key == key:
         return
@@ -666,17 +610,16 @@ def attention(
         out = dropout(softmax(softmax_scale * q k^T + padding bias)) v,  softmax_scale defaults to 1/sqrt(head_dim)
 
     Returns a contiguous tensor shaped like q in q's dtype. Padding query rows are 0 (never NaN), as is every row of a
-    zero-length sequence. ``dropout_p`` is applied as given: pass 0.0 in eval mode.
+    zero-length sequence. ``dropout_p`` in [0, 1) is applied as given: pass 0.0 in eval mode.
 
-    Dispatch (the only one for this op): Triton kernels for CUDA tensors, or CPU tensors under TRITON_INTERPRET=1;
-    otherwise ``reference.attention_ref(..., upcast=True)`` (fp32 math, same contract, dropout from torch), with a
-    one-time warning unless FASTBERT_DISABLE_TRITON=1.
+    Triton kernels for CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; otherwise
+    ``reference.attention_ref(..., upcast=True)`` (fp32 math, same contract, dropout from torch), with a one-time
+    warning unless FASTBERT_DISABLE_TRITON=1 (the decision is ``fastbert._backend.use_triton``).
 
     Packed layout: the cu_seqlens values are checked (one host sync on GPU, repeated only for a new or modified
     tensor; skipped under torch.compile and CUDA-graph capture). The padded layout never syncs.
     """
-    softmax_scale = _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
-    dropout_p = float(dropout_p)
+    dropout_p, softmax_scale = _check_args(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
     if not _backend.use_triton(q, k, v, attention_mask, cu_seqlens, op="attention"):
         return attention_ref(
             q, k, v, attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
@@ -685,20 +628,3 @@ def attention(
     seed = draw_seed(q.device) if dropout_p > 0.0 else None
     max_seqlen = max_seqlen if cu_seqlens is not None else q.shape[1]
     return AttentionFn.apply(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, dropout_p, softmax_scale)
-
-
-def _attention_with_dropout_mask(
-    q, k, v, *, attention_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0, softmax_scale=None
-):
-    """Test hook: ``(out, keep_mask)`` from the Triton path, keep_mask the bool ``[batch, heads, S, S]`` dropout
-    keep-mask it used (S = seqlen, or max_seqlen for packed, top-left aligned per sequence): exactly what
-    ``reference.attention_ref(..., dropout_mask=keep_mask)`` expects. Backward works as in :func:`attention`.
-    """
-    softmax_scale = _check_inputs(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
-    if not _backend.use_triton(q, k, v, attention_mask, cu_seqlens, op="attention"):
-        raise RuntimeError("_attention_with_dropout_mask needs the Triton path (CUDA, or TRITON_INTERPRET=1)")
-    dropout_p = float(dropout_p)
-    seed = draw_seed(q.device)
-    batch, seqlen, heads, _ = _layout(q, cu_seqlens, max_seqlen if cu_seqlens is not None else q.shape[1])
-    out = AttentionFn.apply(q, k, v, attention_mask, cu_seqlens, seed if dropout_p > 0 else None, seqlen, dropout_p, softmax_scale)
-    return out, _dropout_mask(seed, batch, heads, seqlen, dropout_p)
