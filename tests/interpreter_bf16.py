@@ -17,8 +17,9 @@ ignores ``input_precision`` anyway. Only the order of the fp32 summation differs
 
 Not patched (so tests see it): the interpreter's fp32 -> bf16 casts (``.to(tl.bfloat16)`` and stores of fp32 values
 to bf16 pointers, through ``cast_impl``) truncate, i.e. round toward zero, where GPUs round to nearest even. bf16
-results are then up to 1 ulp off instead of half an ulp; the three-way rule's floor, 2 x (rounding of ref32 to
-bf16), covers that.
+results are then up to 1 ulp off instead of half an ulp, biased toward zero; on outputs the three-way rule's floor,
+2 x (rounding of ref32 to bf16), covers that, on intermediates (attention's P before P^T dO) not always (see
+test_bf16_kernels.py).
 
 Version guard: the patch is known to fit the interpreters of the Triton versions in :data:`SUPPORTED_VERSIONS`
 (same ``create_dot(self, a, b, d, input_precision, max_num_imprecise_acc)`` method, bf16 held as ``np.uint16``).
