@@ -2,8 +2,10 @@
 
 Triton decides between its interpreter and its compiler when a kernel is *defined*, so TRITON_INTERPRET must be
 set before anything imports fastbert.ops. On a machine without CUDA we set it, and the Triton kernels run on CPU
-tensors in the interpreter; with CUDA the kernels are compiled and the GPU-marked tests run too.
+tensors in the interpreter (with bf16 dots made exact by interpreter_bf16.py); with CUDA the kernels are compiled
+and the GPU-marked tests run too.
 """
+import importlib.util
 import os
 
 import torch
@@ -17,6 +19,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+if INTERPRET and importlib.util.find_spec("triton") is not None:
+    # The interpreter multiplies the raw bits of bf16 tensors in tl.dot (triton issue 11584): widen bf16 dot
+    # operands exactly to fp32 first. Raises on a Triton version the patch was not checked against.
+    import interpreter_bf16  # noqa: E402
+
+    interpreter_bf16.install()
 
 
 def pytest_collection_modifyitems(config, items):
