@@ -25,7 +25,8 @@ import torch
 from helpers import assert_three_way, make_attention_mask
 
 from fastbert.ops import attention, bias_gelu, layer_norm
-from fastbert.ops.reference import attention_ref, bias_gelu_ref, layer_norm_ref, seqlens_to_cu_seqlens
+from fastbert.ops.padding import seqlens_to_cu_seqlens
+from fastbert.ops.reference import attention_ref, bias_gelu_ref, layer_norm_ref
 
 BF16 = torch.bfloat16
 

@@ -93,3 +93,32 @@ def test_install_refuses_an_unchecked_triton_version(monkeypatch):
         assert not interpreter_bf16.is_installed()
         monkeypatch.undo()
     assert interpreter_bf16.is_installed()
+
+
+@triton.jit
+def _round_kernel(X, Y, Z, N: tl.constexpr):
+    """Y = X.to(bf16) (an explicit cast); Z = X stored through a bf16 pointer (an implicit one)."""
+    offs = tl.arange(0, N)
+    x = tl.load(X + offs)
+    tl.store(Y + offs, x.to(tl.bfloat16))
+    tl.store(Z + offs, x)
+
+
+def test_fp32_to_bf16_rounds_to_nearest_even_like_a_gpu():
+    """Explicit and implicit fp32 -> bf16 casts match torch's (round to nearest even), ties and NaN included; the
+    interpreter's own casts truncate (the patch is needed)."""
+    base = torch.tensor([1.0, -1.0, 3.0, 1e-3, 6.5e4, 1e-40], dtype=torch.float32)
+    ulp_fraction = torch.tensor([0.25, 0.5, 0.75, 0.999], dtype=torch.float64)
+    bits = base.view(torch.int32)[:, None].long() + (ulp_fraction * 2**16).long()[None, :]  # within one bf16 ulp
+    x = bits.flatten().to(torch.int32).view(torch.float32)
+    x = torch.cat([x, torch.randn(62 - x.numel()), torch.tensor([float("inf"), float("nan")])])
+    y = torch.empty(64, dtype=torch.bfloat16)
+    z = torch.empty(64, dtype=torch.bfloat16)
+    _round_kernel[(1,)](x, y, z, N=64)
+    expected = x.to(torch.bfloat16)
+    for got in (y, z):
+        assert torch.equal(got.view(torch.int16)[:-1], expected.view(torch.int16)[:-1])
+        assert torch.isnan(got[-1].float())
+    with interpreter_bf16.original_dot():
+        _round_kernel[(1,)](x, y, z, N=64)
+    assert not torch.equal(y.view(torch.int16), expected.view(torch.int16))  # truncation differs somewhere
