@@ -79,6 +79,12 @@ int64_t Masker::mask_sequence(const int64_t* tokens, int64_t n, Rng& rng, int64_
   const MaskingOptions& o = options_;
   const double mask_or_random = o.mask_prob + o.random_prob;
   const uint8_t* cont = o.whole_word_mask ? o.is_continuation.data() : nullptr;
+  // Step 1 for a valid token: copy it unmasked with no label; true when it may be chosen (not special).
+  const auto copy_unmasked = [&](int64_t t, int64_t i) {
+    out_ids[i] = t;
+    out_labels[i] = kIgnoreIndex;
+    return !protected_[static_cast<size_t>(t)];
+  };
 
   if (!o.exact_count) {
     // 3a. One pass: copy, validate, group, choose and replace as the tokens stream by.
@@ -87,9 +93,7 @@ int64_t Masker::mask_sequence(const int64_t* tokens, int64_t n, Rng& rng, int64_
     for (int64_t i = 0; i < n; ++i) {
       const int64_t t = tokens[i];
       if (t < 0 || t >= o.vocab_size) return i;
-      out_ids[i] = t;
-      out_labels[i] = kIgnoreIndex;
-      if (protected_[static_cast<size_t>(t)]) continue;
+      if (!copy_unmasked(t, i)) continue;
       if (!(cont && cont[t] && group_end == i)) group_chosen = rng.uniform() < o.mlm_probability;
       group_end = i + 1;
       if (group_chosen) replace(*this, o, mask_or_random, t, rng, out_ids + i, out_labels + i);
@@ -105,9 +109,7 @@ int64_t Masker::mask_sequence(const int64_t* tokens, int64_t n, Rng& rng, int64_
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = tokens[i];
     if (t < 0 || t >= o.vocab_size) return i;
-    out_ids[i] = t;
-    out_labels[i] = kIgnoreIndex;
-    if (protected_[static_cast<size_t>(t)]) continue;
+    if (!copy_unmasked(t, i)) continue;
     ++num_candidates;
     if (cont && cont[t] && !ws.group_start.empty() && ws.group_start.back() + ws.group_len.back() == i) {
       ++ws.group_len.back();

@@ -49,6 +49,21 @@ MAX_HIDDEN = 16384  # one row must fit one register block (BLOCK_N = next_power_
 # --------------------------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _dropout_add(X, R, SEED, rows, rows64, cols, mask, stride_x_row, stride_r_row, dropout_threshold, dropout_scale,
+                 HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(s, keep): s = x * keep / (1 - p) + residual in fp32 for the tile rows x cols (keep is all-true without
+    dropout); forward computes it, backward recomputes it identically."""
+    s = tl.load(X + rows64 * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    keep = mask
+    if HAS_DROPOUT:
+        keep = dropout_keep(tl.load(SEED), rows, 0, 0, dropout_threshold, BLOCK_N)
+        s = tl.where(keep, s * dropout_scale, 0.0)
+    if HAS_RESIDUAL:
+        s += tl.load(R + rows64 * stride_r_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return s, keep
+
+
 @triton.jit(do_not_specialize=["M", "dropout_threshold"])
 def _layer_norm_fwd_kernel(
     X, R, W, B, Y, MEAN, RSTD, SEED,
@@ -64,13 +79,8 @@ def _layer_norm_fwd_kernel(
     mask = row_ok[:, None] & col_ok[None, :]
     rows64 = rows.to(tl.int64)[:, None]  # int64 row offsets: rows * stride can pass 2**31 elements
 
-    s = tl.load(X + rows64 * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_DROPOUT:
-        keep = dropout_keep(tl.load(SEED), rows, 0, 0, dropout_threshold, BLOCK_N)
-        s = tl.where(keep, s * dropout_scale, 0.0)
-    if HAS_RESIDUAL:
-        s += tl.load(R + rows64 * stride_r_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-
+    s, _ = _dropout_add(X, R, SEED, rows, rows64, cols, mask, stride_x_row, stride_r_row, dropout_threshold,
+                        dropout_scale, HAS_RESIDUAL, HAS_DROPOUT, BLOCK_N)
     mean = tl.sum(s, axis=1) / N
     s_centered = tl.where(mask, s - mean[:, None], 0.0)  # zero the padding lanes before the variance
     var = tl.sum(s_centered * s_centered, axis=1) / N
@@ -111,12 +121,8 @@ def _layer_norm_bwd_kernel(
         rows64 = rows.to(tl.int64)[:, None]
 
         # recompute s = dropout(x) + residual exactly as forward did (fp32)
-        s = tl.load(X + rows64 * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if HAS_DROPOUT:
-            keep = dropout_keep(tl.load(SEED), rows, 0, 0, dropout_threshold, BLOCK_N)
-            s = tl.where(keep, s * dropout_scale, 0.0)
-        if HAS_RESIDUAL:
-            s += tl.load(R + rows64 * stride_r_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        s, keep = _dropout_add(X, R, SEED, rows, rows64, cols, mask, stride_x_row, stride_r_row, dropout_threshold,
+                               dropout_scale, HAS_RESIDUAL, HAS_DROPOUT, BLOCK_N)
         mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
         rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
         x_hat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)

@@ -81,14 +81,8 @@ def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) ->
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-def eager_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    softmax_scale: float | None = None,
-) -> torch.Tensor:
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    dropout_p: float = 0.0, softmax_scale: float | None = None) -> torch.Tensor:
     """Hugging Face's eager BERT attention: matmul, additive mask, fp32 softmax, dropout, matmul.
 
     q, k, v ``[batch, seqlen, heads, head_dim]`` -> ``[batch, seqlen, heads, head_dim]``. Like HF, padded query rows
@@ -104,14 +98,8 @@ def eager_attention(
     return torch.matmul(probs, vt).transpose(1, 2)  # [batch, seqlen, heads, head_dim]
 
 
-def sdpa_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    softmax_scale: float | None = None,
-) -> torch.Tensor:
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0, softmax_scale: float | None = None) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention with HF's additive padding mask (same layout as eager)."""
     mask = None if attention_mask is None else extended_attention_mask(attention_mask, q.dtype)
     out = F.scaled_dot_product_attention(
@@ -123,16 +111,9 @@ def sdpa_attention(
 # --------------------------------------------------------------------------------------------------------------
 # dropout + residual + LayerNorm, bias + GELU
 # --------------------------------------------------------------------------------------------------------------
-def layer_norm_ref(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    eps: float = 1e-12,
-    residual: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    dropout_mask: torch.Tensor | None = None,
-    upcast: bool = True,
-) -> torch.Tensor:
+def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-12,
+                   residual: torch.Tensor | None = None, dropout_p: float = 0.0,
+                   dropout_mask: torch.Tensor | None = None, upcast: bool = True) -> torch.Tensor:
     """LayerNorm(dropout(x) + residual) over the last dimension; ``dropout_mask`` is the boolean keep-mask of x."""
     dtype = x.dtype
     if upcast:
