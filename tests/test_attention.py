@@ -29,9 +29,9 @@ def _grads(out, inputs, dout):
 
 
 def _check_against_reference(q, k, v, *, attention_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                             dropout=False, requires_grad=True, name=""):
+                             dropout=False, requires_grad=True, window=None, name=""):
     """Run the fused op and both references on the same inputs (and dropout keep-mask); three-way compare."""
-    kwargs = dict(attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    kwargs = dict(attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, window=window)
     if dropout:
         out, keep = attention_with_keep_mask(q, k, v, dropout_p=dropout_p, **kwargs)
     else:
@@ -109,6 +109,41 @@ def test_other_head_dims(device, head_dim):
     mask = make_attention_mask(2, 37, "random", device=device)
     q, k, v = _qkv((2, 37, 2, head_dim), torch.float16, device)
     _check_against_reference(q, k, v, attention_mask=mask, name=f"head_dim {head_dim}")
+
+
+@pytest.mark.parametrize("head_dim", [1, 8, 24, 48, 80, 96])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_any_head_dim(device, dtype, head_dim):
+    """head_dim is any value up to 128: tiles padded to a power of two (>= 16), padding columns masked."""
+    mask = make_attention_mask(3, 37, "one_row_padded", device=device)
+    q, k, v = _qkv((3, 37, 2, head_dim), dtype, device)
+    _check_against_reference(q, k, v, attention_mask=mask, name=f"head_dim {head_dim}")
+
+
+@pytest.mark.parametrize("window", [0, 3, 40])
+@pytest.mark.parametrize("layout", ["right", "holes", "packed"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_sliding_window(device, dtype, layout, window):
+    """Keys with |i - j| <= window (ModernBERT's local layers): windows narrower and wider than a block (the inner,
+    unmasked blocks then exist inside the band), right padding, holes and packed sequences."""
+    if layout == "packed":
+        cu = torch.tensor([0, 100, 101, 150], dtype=torch.int32, device=device)
+        q, k, v = _qkv((150, 2, 32), dtype, device)
+        _check_against_reference(q, k, v, cu_seqlens=cu, max_seqlen=100, window=window, name=f"window {window}")
+        return
+    mask = torch.ones(2, 100, dtype=torch.long)
+    mask[1, 70:] = 0
+    if layout == "holes":
+        mask[0, 10:15] = 0
+        mask[1, ::7] = 0
+    q, k, v = _qkv((2, 100, 2, 32), dtype, device)
+    _check_against_reference(q, k, v, attention_mask=mask.to(device), window=window, name=f"window {window}")
+
+
+def test_sliding_window_with_dropout(device):
+    mask = make_attention_mask(2, 90, "random", device=device)
+    q, k, v = _qkv((2, 90, 2, 32), torch.float16, device)
+    _check_against_reference(q, k, v, attention_mask=mask, window=33, dropout_p=0.2, dropout=True, name="window+dropout")
 
 
 @pytest.mark.parametrize("seqlen", [509, 512])
@@ -319,7 +354,9 @@ def test_errors(device):
     q, k, v = _qkv((2, 8, 2, 32), torch.float32, device, requires_grad=False)
     _err("share a dtype", q, k.half(), v)
     _err("same shape", q, k[:, :4], v)
-    _err("head_dim 48", *(torch.zeros(2, 8, 2, 48, device=device) for _ in range(3)))
+    _err("head_dim 160", *(torch.zeros(2, 8, 2, 160, device=device) for _ in range(3)))
+    _err("softmax_scale", q, k, v, softmax_scale=-0.5)
+    _err("window", q, k, v, window=-1)
     _err("dtype torch.float64", *(t.double() for t in (q, k, v)))
     _err("4-D", q[0], k[0], v[0])
     _err("attention_mask must be the 2-D", q, k, v, attention_mask=torch.ones(2, 9, dtype=torch.long, device=device))
@@ -394,7 +431,7 @@ def test_torch_library_opcheck(device):
     mask = make_attention_mask(2, 9, "random", device=device)
     q, k, v = (t.detach() for t in _qkv((2, 9, 2, 16), torch.float32, device))
     torch.library.opcheck(
-        torch.ops.fastbert.attention_fwd.default, (q, k, v, mask, None, None, 9, 0.0, 0.25),
+        torch.ops.fastbert.attention_fwd.default, (q, k, v, mask, None, None, 9, -1, 0.0, 0.25),
         test_utils=("test_schema", "test_faketensor"),
     )
 
@@ -530,24 +567,26 @@ def test_gpu_compile_inductor():
 # parameters the launchers pick on a GPU, without a GPU (Triton ships ptxas)
 # ----------------------------------------------------------------------------------------------------------------
 _KERNEL_POINTERS = {
-    "fwd": ("_attn_fwd_kernel", dict(Q="bf16", K="bf16", V="bf16", O="bf16", LSE="fp32", MASK="i64",
+    "fwd": ("_attn_fwd_kernel", dict(Q="bf16", K="bf16", V="bf16", O="bf16", LSE="fp32", MASK="i64", SPANS="i32",
                                      CU_SEQLENS="i32", SEED="i64")),
     "dq": ("_attn_bwd_dq_kernel", dict(Q="bf16", K="bf16", V="bf16", O="bf16", DO="bf16", LSE="fp32",
-                                       DELTA="fp32", DQ="bf16", MASK="i64", CU_SEQLENS="i32", SEED="i64")),
+                                       DELTA="fp32", DQ="bf16", MASK="i64", SPANS="i32", CU_SEQLENS="i32", SEED="i64")),
     "dkdv": ("_attn_bwd_dkdv_kernel", dict(Q="bf16", K="bf16", V="bf16", DO="bf16", LSE="fp32", DELTA="fp32",
-                                           DK="bf16", DV="bf16", MASK="i64", CU_SEQLENS="i32", SEED="i64")),
+                                           DK="bf16", DV="bf16", MASK="i64", SPANS="i32", CU_SEQLENS="i32", SEED="i64")),
 }
 
 
 @pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv"])
-@pytest.mark.parametrize("head_dim,packed,dropout", [(32, False, True), (64, True, False), (128, False, False)])
-def test_kernels_compile_for_cuda(kind, head_dim, packed, dropout, monkeypatch):
+@pytest.mark.parametrize("head_dim,packed,dropout,windowed", [(32, False, True, False), (64, True, False, True),
+                                                              (128, False, False, False), (80, False, False, True)])
+def test_kernels_compile_for_cuda(kind, head_dim, packed, dropout, windowed):
     from helpers import aot_compile_cuda
 
     kernel, pointers = _KERNEL_POINTERS[kind]
     launch = attn_mod._launch_config(kind, head_dim, torch.bfloat16, (9, 0))  # what an H100 launches
-    constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=launch["BLOCK_M"], BLOCK_N=launch["BLOCK_N"], BLOCK_R=256,
-                      IS_PACKED=packed, HAS_MASK=not packed, HAS_DROPOUT=dropout, DOT_PRECISION="tf32")
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=attn_mod._block_d(head_dim), BLOCK_M=launch["BLOCK_M"],
+                      BLOCK_N=launch["BLOCK_N"], IS_PACKED=packed, HAS_MASK=not packed, WINDOWED=windowed,
+                      HAS_DROPOUT=dropout, DOT_PRECISION="tf32")
     floats = ("qk_scale", "softmax_scale", "dropout_scale")
     aot_compile_cuda("fastbert.ops.fused_attention", kernel, pointers, constexprs, floats=floats,
                      num_warps=launch["num_warps"], num_stages=launch["num_stages"])

@@ -22,25 +22,17 @@ from .padding import packed_to_padded, padded_to_packed
 # --------------------------------------------------------------------------------------------------------------
 # attention
 # --------------------------------------------------------------------------------------------------------------
-def attention_ref(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    cu_seqlens: torch.Tensor | None = None,
-    max_seqlen: int | None = None,
-    dropout_p: float = 0.0,
-    softmax_scale: float | None = None,
-    dropout_mask: torch.Tensor | None = None,
-    upcast: bool = True,
-) -> torch.Tensor:
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None, dropout_p: float = 0.0,
+                  softmax_scale: float | None = None, dropout_mask: torch.Tensor | None = None, upcast: bool = True,
+                  window: int | None = None) -> torch.Tensor:
     """Bidirectional softmax attention with key padding; the oracle of ``fastbert.ops.attention``.
 
     Padded layout: q, k, v ``[batch, seqlen, heads, head_dim]``, ``attention_mask`` ``[batch, seqlen]`` (1 = token,
     0 = padding) or None. Packed layout: q, k, v ``[total_tokens, heads, head_dim]`` with int32 ``cu_seqlens``
     ``[batch + 1]`` and ``max_seqlen``.
 
-        S = scale * Q K^T  (padding keys -> -inf),   P = softmax(S),   O = dropout(P) V
+        S = scale * Q K^T  (padding keys, and keys with |i - j| > window, -> -inf),   P = softmax(S),   O = dropout(P) V
 
     Padded query rows get O = 0 (so a fully padded row is 0, never NaN). ``dropout_mask`` is the boolean keep-mask
     ``[batch, heads, seqlen_q, seqlen_k]`` (packed layout: ``[batch, heads, max_seqlen, max_seqlen]``, per sequence,
@@ -49,10 +41,9 @@ def attention_ref(
     if cu_seqlens is not None:
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if cu_seqlens.numel() > 1 else 0
-        qp, mask = packed_to_padded(q, cu_seqlens, max_seqlen)
-        kp, _ = packed_to_padded(k, cu_seqlens, max_seqlen)
-        vp, _ = packed_to_padded(v, cu_seqlens, max_seqlen)
-        out = attention_ref(qp, kp, vp, mask, None, None, dropout_p, softmax_scale, dropout_mask, upcast)
+        qkv, mask = packed_to_padded(torch.stack((q, k, v), dim=1), cu_seqlens, max_seqlen)
+        qp, kp, vp = qkv.unbind(2)
+        out = attention_ref(qp, kp, vp, mask, None, None, dropout_p, softmax_scale, dropout_mask, upcast, window)
         return padded_to_packed(out, mask)
 
     dtype = q.dtype
@@ -60,10 +51,14 @@ def attention_ref(
         q, k, v = q.float(), k.float(), v.float()
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale  # [batch, heads, seqlen_q, seqlen_k]
+    drop = torch.zeros(scores.shape[-2:], dtype=torch.bool, device=q.device)  # [seqlen_q, seqlen_k]
+    if window is not None:
+        pos = torch.arange(q.shape[1], device=q.device)
+        drop = (pos[:, None] - pos[None, :]).abs() > window
     if attention_mask is not None:
-        key_is_pad = ~attention_mask.bool()[:, None, None, :]
-        # finfo.min rather than -inf: a fully padded row stays finite (its output is zeroed below anyway).
-        scores = scores.masked_fill(key_is_pad, torch.finfo(scores.dtype).min)
+        drop = drop | ~attention_mask.bool()[:, None, None, :]
+    # finfo.min rather than -inf: a fully padded row stays finite (its output is zeroed below anyway).
+    scores = scores.masked_fill(drop, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         if dropout_mask is None:
