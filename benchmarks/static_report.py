@@ -264,15 +264,20 @@ def _tool_version(name: str) -> str | None:
         out = subprocess.run([triton_static.nvidia_tool(name), "--version"], capture_output=True, text=True).stdout
     except OSError:
         return None
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else None
+    release = [ln.strip() for ln in out.splitlines() if "release" in ln]
+    return release[0].split(", ", 1)[-1] if release else None
 
 
-def build(targets: list[int], quick: bool, only: tuple[str, ...]) -> tuple[list[dict], list[Launch]]:
-    """Record every case on every target; returns (row stubs in report order, unique launches to compile)."""
+def build(targets: list[int], quick: bool, only: tuple[str, ...]) -> tuple[list[dict], list[Launch], list[str]]:
+    """Record every case on every target; returns (row stubs in report order, unique launches to compile, the
+    distinct argument specializations that rows refer to by index)."""
     unique: dict[str, int] = {}
     launches: list[Launch] = []
     rows: list[dict] = []
+    specs: dict[str, int] = {}
+
+    def spec(launch: Launch) -> int:
+        return specs.setdefault(launch.signature_text(), len(specs))
 
     def add(launch: Launch) -> int:
         key = launch.key()
@@ -293,8 +298,7 @@ def build(targets: list[int], quick: bool, only: tuple[str, ...]) -> tuple[list[
                 row = {"target": t, "op": case.op, "phase": phase, "kernel": launch.name, "case": case.label,
                        "params": case.params, "cfg": _cfg(launch), "also": [], "launch": idx,
                        "num_warps": launch.num_warps, "num_stages": launch.num_stages,
-                       "constexprs": {k: v for k, v in launch.named_constexprs().items()},
-                       "specialization": launch.specialization()}
+                       "constexprs": launch.named_constexprs(), "specialization": spec(launch)}
                 if case.op == "attention" and phase == "fwd":
                     peer = record_peer(launch, case.params["dtype"], case.params["head_dim"], case.params["heads"])
                     row["peer_launch"] = add(peer) if peer is not None else None
@@ -307,11 +311,11 @@ def build(targets: list[int], quick: bool, only: tuple[str, ...]) -> tuple[list[
             rows.append({"target": t, "op": "attention", "phase": "fwd", "kernel": p.name, "is_peer": True,
                          "case": f"FA2 peer d{p.constexpr('HEAD_DIM')} {p.signature['Q'][1:]}", "cfg": _cfg(p),
                          "also": [], "launch": pid, "num_warps": p.num_warps, "num_stages": p.num_stages,
-                         "constexprs": p.named_constexprs(), "specialization": p.specialization()})
+                         "constexprs": p.named_constexprs(), "specialization": spec(p)})
     if not launches:
         raise RuntimeError("no Triton launches were recorded: are the kernels real JITFunctions (TRITON_INTERPRET "
                            "unset before importing fastbert)?")
-    return rows, launches
+    return rows, launches, list(specs)
 
 
 def compile_all(launches: list[Launch], jobs: int) -> list[dict]:
@@ -332,7 +336,7 @@ def compile_all(launches: list[Launch], jobs: int) -> list[dict]:
 
 def run(targets: list[int], quick: bool = False, only: tuple[str, ...] = OPS, jobs: int = 2) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rows, launches = build(targets, quick, only)
+    rows, launches, specs = build(targets, quick, only)
     t_record = time.perf_counter() - t0
     results = compile_all(launches, jobs)
     for r in rows:
@@ -357,7 +361,16 @@ def run(targets: list[int], quick: bool = False, only: tuple[str, ...] = OPS, jo
         "wall_s": round(time.perf_counter() - t0, 1), "host": f"{platform.machine()}, {os.cpu_count()} cores",
         "sm_limits": {f"sm_{t}": vars(triton_static.SM_LIMITS[t]) for t in targets if t in triton_static.SM_LIMITS},
     }
-    return {"environment": env, "variants": rows}
+    return {"environment": env, "specializations": specs, "variants": rows}
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    """Indented header, one line per specialization and per variant (diff-friendly, a fraction of indent=1's size)."""
+    dump = lambda obj: json.dumps(obj, default=str)  # noqa: E731
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"environment": ' + json.dumps(report["environment"], indent=1, default=str) + ',\n')
+        f.write(' "specializations": [\n  ' + ',\n  '.join(map(dump, report["specializations"])) + '\n ],\n')
+        f.write(' "variants": [\n  ' + ',\n  '.join(map(dump, report["variants"])) + '\n ]}\n')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,9 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(report["variants"], targets))
     path = args.out or os.path.join(harness.RESULTS_DIR, f"static-report-{_dt.date.today().isoformat()}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, default=str)
-        f.write("\n")
+    write_json(report, path)
     print(f"\n{env['unique_variants']} unique variants, {env['wall_s']} s (recording {env['record_s']} s, "
           f"{args.jobs} jobs); results: {os.path.relpath(path)}")
     return 1 if any("error" in r for r in report["variants"]) else 0

@@ -115,6 +115,11 @@ class Launch:
             "divisible_by_16": div16,
         }
 
+    def signature_text(self) -> str:
+        """The runtime arguments as the JIT typed them, ``name:type`` plus ``:D`` where divisible by 16."""
+        div16 = set(self.specialization()["divisible_by_16"])
+        return ", ".join(f"{n}:{t}{':D' if n in div16 else ''}" for n, t in self.signature.items() if t != "constexpr")
+
     def key(self) -> str:
         """Identity for de-duplication: two launches with equal keys compile to the same binary."""
         return repr((self.module, self.qualname, self.capability, sorted(self.signature.items()),
