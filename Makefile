@@ -18,7 +18,7 @@ PIP_EXTRA ?=
 STAMP := $(VENV)/.fastbert-installed
 PYTEST_ARGS ?=
 
-.PHONY: test bench bench-quick asan install info clean gpu-build gpu-test gpu-bench gpu-check
+.PHONY: test bench bench-quick static asan install info clean gpu-build gpu-test gpu-bench gpu-check
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) benchmarks/run.py
+	$(VPY) benchmarks/static_report.py
 
 bench-quick: $(STAMP)
 	$(VPY) benchmarks/run.py --quick
+	$(VPY) benchmarks/static_report.py --quick
+
+# Static compile report (no GPU needed): registers, spills, shared memory, occupancy, tensor-core and main-loop
+# instruction counts of every kernel variant for sm_80..sm_120. STATIC_ARGS e.g. "--targets 80,90 --quick".
+STATIC_ARGS ?=
+static: $(STAMP)
+	$(VPY) benchmarks/static_report.py $(STATIC_ARGS)
 
 asan:
 	bash csrc/tests/asan.sh
