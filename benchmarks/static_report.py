@@ -222,11 +222,11 @@ def _kb(n: int | None) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     cols = ["target", "kernel", "case", "cfg", "regs", "spill st/ld B", "smem KB st+dyn", "occupancy",
-            "tensor core", "loop instrs", "vs peer"]
+            "tensor core", "loop instrs", "vs peer", "boundary loop"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         if "error" in r:
-            cells = [f"sm_{r['target']}", _short(r["kernel"]), r["case"], r["cfg"], "error: " + r["error"]] + [""] * 6
+            cells = [f"sm_{r['target']}", _short(r["kernel"]), r["case"], r["cfg"], "error: " + r["error"]] + [""] * 7
         else:
             occ = f"{r['warps']}w {r['occupancy']:.0%} ({r['limiter']})" if r.get("occupancy") is not None else "-"
             tc = ", ".join(f"{k}x{v}" for k, v in sorted(r["tensor_core"].items())) or "-"
@@ -239,6 +239,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 f"{_kb(r['smem_static'])}+{_kb(r['smem_dynamic'])}", occ, tc,
                 "-" if loop is None else loop,
                 "-" if r.get("ratio_vs_peer") is None else f"{r['ratio_vs_peer']:.2f}",
+                "-" if r.get("boundary_loop_instrs") is None else r["boundary_loop_instrs"],
             ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -403,22 +403,35 @@ def find_loops(instrs: list[Instr]) -> list[Loop]:
     return sorted(loops, key=lambda lp: lp.header)
 
 
-def main_loop(loops: list[Loop]) -> Loop | None:
-    """The kernel's main loop: the innermost loop that holds tensor-core instructions.
-
-    Heuristic. Candidates are the loops with tensor-core instructions (for attention: the key-block loop of the
-    forward and dQ kernels, the query-block loop of dK/dV), or every loop when none has any (row loops of
-    LayerNorm / GELU backward). Innermost: a candidate that contains no other candidate, so loops without MMAs
-    (the forward's scan of the mask span, mbarrier wait spins inside the main loop) neither win nor disqualify.
-    Among several innermost candidates, the one with the most tensor-core instructions, then the most instructions.
-    Its static instruction count includes the software-pipelined prefetch of later iterations and rarely taken
-    paths inside the loop; it is a code-size proxy for per-iteration issue work, not a dynamic count.
-    """
+def _innermost_mma_loops(loops: list[Loop]) -> list[Loop]:
+    """Loops with the most tensor-core instructions that contain no other such loop (or every innermost loop when
+    none has any: the row loops of LayerNorm / GELU backward)."""
     cands = [lp for lp in loops if lp.tensor_core] or list(loops)
     inner = [c for c in cands if not any(o is not c and o.blocks < c.blocks for o in cands)]
-    if not inner:
-        return None
-    return max(inner, key=lambda lp: (lp.tensor_core, lp.instrs))
+    most = max((c.tensor_core for c in inner), default=0)
+    return [c for c in inner if c.tensor_core == most]
+
+
+def main_loop(loops: list[Loop]) -> Loop | None:
+    """The kernel's main loop: of the innermost loops with the most tensor-core instructions, the leanest one.
+
+    Heuristic. Candidates are the loops with tensor-core instructions (for attention: the key-block loops of the
+    forward and dQ kernels, the query-block loops of dK/dV), or every loop when none has any. Innermost: a candidate
+    that contains no other candidate, so loops without MMAs (mbarrier wait spins inside the main loop) neither win
+    nor disqualify. The attention kernels run their key (query) blocks in two kinds of sibling loops: the inner
+    blocks, with no masking, and at most a few boundary blocks per program (span edges, window band, rows with holes)
+    with masks: the steady state is the unmasked loop, the leanest sibling; :func:`boundary_loop` is the other.
+    The static instruction count includes the software-pipelined prefetch of later iterations and rarely taken
+    paths inside the loop; it is a code-size proxy for per-iteration issue work, not a dynamic count.
+    """
+    inner = _innermost_mma_loops(loops)
+    return min(inner, key=lambda lp: lp.instrs) if inner else None
+
+
+def boundary_loop(loops: list[Loop]) -> Loop | None:
+    """The costliest sibling of :func:`main_loop` (a masked boundary-block loop), or None when there is only one."""
+    inner = _innermost_mma_loops(loops)
+    return max(inner, key=lambda lp: lp.instrs) if len(inner) > 1 else None
 
 
 def occupancy(capability: int, regs: int, num_warps: int, smem_bytes: int) -> dict[str, Any]:
@@ -468,6 +481,7 @@ def analyze(kernel, capability: int, ptxas_log: str | None = None) -> dict[str, 
             tc[ins.base] = tc.get(ins.base, 0) + 1
     loops = find_loops(instrs)
     main = main_loop(loops)
+    boundary = boundary_loop(loops)
     smem_dynamic = int(kernel.metadata.shared)
     num_warps = int(kernel.metadata.num_warps)
     out = {
@@ -484,6 +498,7 @@ def analyze(kernel, capability: int, ptxas_log: str | None = None) -> dict[str, 
         "main_loop_instrs": main.instrs if main else None,
         "main_loop_tensor_core": main.tensor_core if main else None,
         "main_loop_header": hex(main.header) if main else None,
+        "boundary_loop_instrs": boundary.instrs if boundary else None,
     }
     if ptxas_log:
         s, r = _PTXAS_SPILL.search(ptxas_log), _PTXAS_REGS.search(ptxas_log)

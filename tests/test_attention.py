@@ -39,7 +39,8 @@ def _check_against_reference(q, k, v, *, attention_mask=None, cu_seqlens=None, m
     assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
     q32, k32, v32 = (t.detach().float().requires_grad_(requires_grad) for t in (q, k, v))
     qlp, klp, vlp = (t.detach().clone().requires_grad_(requires_grad) for t in (q, k, v))
-    ref_kwargs = dict(kwargs, dropout_p=dropout_p if dropout else 0.0, dropout_mask=keep)
+    # the kernels apply p rounded to a multiple of 1/256 (fastbert/ops/_common.py): scale the reference alike
+    ref_kwargs = dict(kwargs, dropout_p=_common.effective_dropout_p(dropout_p) if dropout else 0.0, dropout_mask=keep)
     ref32 = attention_ref(q32, k32, v32, upcast=True, **ref_kwargs)
     reflp = attention_ref(qlp, klp, vlp, upcast=False, **ref_kwargs)
     compare(out, ref32, reflp, grad=False, name=f"{name} out")
@@ -272,9 +273,16 @@ def test_dropout_matches_reference_with_mask(device, dtype, layout):
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_keep_statistics(device, p):
-    """Fraction kept ~ 1 - p within 4 binomial sigmas, per head and overall; heads and calls differ."""
+    """Fraction kept ~ 1 - p' (p' = p rounded to 1/256) within 4 binomial sigmas, per head and overall, and the
+    rounding stays within 1/512 of p; heads and calls differ."""
+    assert abs(_common.effective_dropout_p(p) - p) <= 1 / 512
+    p = _common.effective_dropout_p(p)
     b, h, s = 2, 3, 64
     keep = keep_mask(seed_of_next_op(0, device), b * h, s, s, p).view(b, h, s, s)
+    # neighbouring rows, and columns 8 apart (one thread's bytes of one Philox call), are not correlated either
+    for a, c in ((keep[..., :-1, :], keep[..., 1:, :]), (keep[..., :-8], keep[..., 8:])):
+        joint = (a & c).float().mean().item()
+        assert abs(joint - (1 - p) ** 2) <= 8 * math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / a.numel())
     n = keep.numel()
     frac = keep.float().mean().item()
     assert abs(frac - (1 - p)) <= 4 * math.sqrt(p * (1 - p) / n), frac
@@ -282,7 +290,7 @@ def test_dropout_keep_statistics(device, p):
     m = s * s
     assert ((per_head - (1 - p)).abs() <= 4 * math.sqrt(p * (1 - p) / m)).all(), per_head
     assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0], keep[1, 0])
-    # neighbouring keys are not correlated (the 4-lane Philox split): P(keep_j and keep_j+1) ~ (1 - p)^2
+    # neighbouring keys are not correlated (bytes of one Philox call): P(keep_j and keep_j+1) ~ (1 - p)^2
     both = (keep[..., :-1] & keep[..., 1:]).float().mean().item()
     assert abs(both - (1 - p) ** 2) <= 4 * math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / keep[..., 1:].numel()) * 2
     assert not torch.equal(keep, keep_mask(seed_of_next_op(1, device), b * h, s, s, p).view(b, h, s, s))
@@ -490,8 +498,9 @@ def test_gpu_dropout(dtype, head_dim, seqlen, layout):
 def test_gpu_dropout_statistics_bert_shape():
     device = torch.device("cuda")
     keep = keep_mask(_common.draw_seed(device), 32 * 12, 512, 512, 0.1)
+    p = _common.effective_dropout_p(0.1)
     frac = keep.float().mean().item()
-    assert abs(frac - 0.9) <= 4 * math.sqrt(0.09 / keep.numel())
+    assert abs(frac - (1 - p)) <= 4 * math.sqrt(p * (1 - p) / keep.numel())
 
 
 @pytest.mark.gpu
@@ -521,8 +530,9 @@ def test_gpu_bert_qkv_views_bf16():
     mask = make_attention_mask(b, s, "random", device=device)
     q, k, v = qkv.unbind(2)
     out, keep = attention_with_keep_mask(q, k, v, attention_mask=mask, dropout_p=0.1)
-    ref = attention_ref(*(t.float() for t in (q, k, v)), attention_mask=mask, dropout_p=0.1, dropout_mask=keep)
-    reflp = attention_ref(q, k, v, attention_mask=mask, dropout_p=0.1, dropout_mask=keep, upcast=False)
+    p = _common.effective_dropout_p(0.1)
+    ref = attention_ref(*(t.float() for t in (q, k, v)), attention_mask=mask, dropout_p=p, dropout_mask=keep)
+    reflp = attention_ref(q, k, v, attention_mask=mask, dropout_p=p, dropout_mask=keep, upcast=False)
     compare(out, ref, reflp, grad=False, name="bert qkv views")
     out.sum().backward()
     assert torch.isfinite(qkv.grad).all()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastbert.ops import layer_norm
-from fastbert.ops._common import draw_seed
+from fastbert.ops._common import draw_seed, effective_dropout_p
 from fastbert.ops.fused_layer_norm import MAX_HIDDEN, LayerNormFn
 from fastbert.ops.reference import layer_norm_ref
 from helpers import FLOOR, K_GRAD, K_OUT, keep_mask, layer_norm_with_keep_mask, maxerr, seed_of_next_op
@@ -62,10 +62,11 @@ def _compare(rows, hidden, dtype, device, residual, dropout_p, bias=True, eps=1e
     got = _grads(y, [x, r, w, b], dy)
 
     ref_in = [_detached32(t) for t in (x, r, w, b)]
-    y32 = layer_norm_ref(ref_in[0], ref_in[2], ref_in[3], eps, ref_in[1], dropout_p, dropout_mask=mask)
+    p_eff = effective_dropout_p(dropout_p)  # the kernels round p to a multiple of 1/256 (ops/_common.py)
+    y32 = layer_norm_ref(ref_in[0], ref_in[2], ref_in[3], eps, ref_in[1], p_eff, dropout_mask=mask)
     ref32 = _grads(y32, ref_in, dy.float())
     lp_in = [_detached(t) for t in (x, r, w, b)]
-    ylp = layer_norm_ref(lp_in[0], lp_in[2], lp_in[3], eps, lp_in[1], dropout_p, dropout_mask=mask, upcast=False)
+    ylp = layer_norm_ref(lp_in[0], lp_in[2], lp_in[3], eps, lp_in[1], p_eff, dropout_mask=mask, upcast=False)
     reflp = _grads(ylp, lp_in, dy)
 
     _check(y, y32, ylp, grad=False, name="y")
@@ -189,7 +190,7 @@ def test_empty_rows(device):
 # dropout: statistics, reproducibility, replay
 # ---------------------------------------------------------------------------------------------------------------
 def test_keep_fraction_within_four_sigma(device):
-    p, rows, cols = 0.1, 257, 1023
+    p, rows, cols = effective_dropout_p(0.1), 257, 1023
     mask = dropout_mask(seed_of_next_op(0, device), rows, cols, p)
     n = rows * cols
     sigma = (p * (1 - p) / n) ** 0.5
@@ -213,7 +214,8 @@ def test_dropout_extremes(device):
     x, r, w, b = _inputs(7, 384, torch.float32, device)
     y, keep = layer_norm_with_keep_mask(x, w, b, 1e-12, r, 0.999)
     assert keep.float().mean() < 0.01 and torch.isfinite(y).all()
-    torch.testing.assert_close(y, layer_norm_ref(x, w, b, 1e-12, r, 0.999, dropout_mask=keep), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(y, layer_norm_ref(x, w, b, 1e-12, r, effective_dropout_p(0.999), dropout_mask=keep),
+                               atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match=r"dropout_p must be a float in \[0, 1\)"):
         layer_norm(x, w, b, 1e-12, residual=r, dropout_p=1.0)
 

@@ -6,15 +6,17 @@ so ``import fastbert`` never imports Triton).
 * dropout: ``draw_seed``, ``dropout_scale``, ``dropout_threshold`` and the one Philox helper ``dropout_bits`` that
   every kernel derives its keep-mask from.
 
-Dropout counters. Element (row, col) of stream ``s`` gets the 32-bit random number
-
-    bits(row, col) = lane (col % 4) of Philox4x32-10(key=seed, counter=(col // 4, row, s, 0))
-
-so one Philox call yields four numbers for four neighbouring columns, and (row, col, s) are separate 32-bit counter
-words (distinct for any tensor with fewer than 2**32 rows and columns). Attention uses row = query, col = key,
-s = sequence * heads + head; the row-wise ops use s = 0. An element is kept when ``bits >= threshold`` with
-``threshold = round(p * 2**32)`` (an unsigned integer compare, no conversion to float), i.e. with probability
-1 - p up to 2**-32, and kept values are scaled by 1 / (1 - p) (``torch.nn.functional.dropout``'s convention).
+Dropout bits. Element (row, col) of stream ``s`` (attention: row = query, col = key, s = sequence * heads + head;
+the row-wise ops: s = 0) gets one random byte. Columns go in groups of 64; group g of a row takes its 64 bytes from
+four Philox4x32-10 calls (key = seed, counter = (4 g + cq, row, s, 0), cq = 0..3), each call giving 16 bytes to the
+columns 64 g + 16 w + 8 kk + 2 cq + e (w = word 0..3, kk = 0..1, e = 0..1: byte 2 kk + e of word w). That interleave
+puts the 16 bytes of one call on exactly the 16 columns of a row that one thread holds in the MMA accumulator layout
+(pairs of neighbouring columns every 8 columns), so the kernels build the keep-mask in the layout of the scores with
+no data movement, at one Philox call per 16 elements. An element is kept when its byte is >= ``round(256 p)``, i.e.
+with probability 1 - p', where p' = round(256 p) / 256 is p rounded to a multiple of 1/256 (0.1 -> 0.1016, as in
+flash-attention's 8-bit dropout; below 1/512 it rounds to 0) and kept values are scaled by 1 / (1 - p'), so the
+expectation is exact (``effective_dropout_p`` gives p'). Kernels using it need BLOCK_N, the column tile, to be a
+multiple of 64.
 
 Seeds. ``draw_seed(device)`` draws a 62-bit seed with ``torch.randint`` into a one-element int64 tensor **on the
 op's device**; kernels read it with ``tl.load``. So the dropout pattern follows ``torch.manual_seed``, is replayed by
@@ -123,34 +125,44 @@ def draw_seed(device: torch.device | str) -> torch.Tensor:
     return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64)
 
 
-def dropout_scale(p: float) -> float:
-    """Factor applied to kept elements: 1 / (1 - p)."""
-    return 1.0 / (1.0 - p)
-
-
 def dropout_threshold(p: float) -> int:
-    """The keep threshold ``round(p * 2**32)`` as the int32 whose bits the kernels read as uint32 (so the argument
-    is always an i32, whatever p: Triton would otherwise compile another variant for values >= 2**31)."""
-    t = min(int(math.floor(p * 2**32 + 0.5)), 2**32 - 1)
-    return t - 2**32 if t >= 2**31 else t
+    """The keep threshold of the kernels' 8-bit dropout: an element is kept when its random byte is >= this."""
+    return min(int(math.floor(p * 256 + 0.5)), 255)
+
+
+def effective_dropout_p(p: float) -> float:
+    """The dropout probability the kernels apply for ``p``: p rounded to a multiple of 1/256."""
+    return dropout_threshold(p) / 256
+
+
+def dropout_scale(p: float) -> float:
+    """Factor applied to kept elements: 1 / (1 - p'), p' the effective probability (so E[dropout(x)] = x)."""
+    return 1.0 / (1.0 - effective_dropout_p(p))
 
 
 @triton.jit
 def dropout_bits(seed, rows, col_start, stream, BLOCK_N: tl.constexpr):
-    """uint32 random numbers [BLOCK_M, BLOCK_N] for ``rows`` (a [BLOCK_M] integer vector) x columns
-    [col_start, col_start + BLOCK_N) of ``stream``; ``col_start`` a multiple of 4, BLOCK_N a power of two >= 4.
-    Keep an element when ``bits >= threshold.to(tl.uint32, bitcast=True)`` (see :func:`dropout_threshold`)."""
-    quads = (col_start // 4 + tl.arange(0, BLOCK_N // 4)).to(tl.uint32)  # [BLOCK_N // 4]
-    c0 = quads[None, :] + tl.zeros_like(rows).to(tl.uint32)[:, None]  # [BLOCK_M, BLOCK_N // 4]
-    c1 = rows.to(tl.uint32)[:, None] + tl.zeros_like(quads)[None, :]
-    c2 = (tl.zeros_like(rows) + stream).to(tl.uint32)[:, None] + tl.zeros_like(quads)[None, :]  # stream may be a literal
-    zero = tl.zeros_like(c0)
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, zero)
-    # interleave(interleave(r0, r2), interleave(r1, r3))[..., j] == r_{j % 4}[..., j // 4]
-    return tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))
+    """Random bytes (uint32 values 0..255) [BLOCK_M, BLOCK_N] for ``rows`` (a [BLOCK_M] integer vector) x columns
+    [col_start, col_start + BLOCK_N) of ``stream``; ``col_start`` and BLOCK_N multiples of 64 (module docstring)."""
+    NG: tl.constexpr = BLOCK_N // 64
+    groups = col_start // 64 + tl.arange(0, NG)
+    cq = tl.arange(0, 4)
+    zeros = tl.zeros_like(rows).to(tl.uint32)[:, None, None]  # [BLOCK_M, 1, 1]
+    c0 = (groups[:, None] * 4 + cq[None, :]).to(tl.uint32)[None, :, :] + zeros  # [BLOCK_M, NG, 4]
+    c1 = rows.to(tl.uint32)[:, None, None] + tl.zeros_like(c0)
+    c2 = (tl.zeros_like(rows) + stream).to(tl.uint32)[:, None, None] + tl.zeros_like(c0)  # stream may be a literal
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, tl.zeros_like(c0))
+    # the bytes of word w as [BLOCK_M, NG, cq, e, kk] (byte 2 kk + e)
+    b0 = tl.join(tl.join(r0 & 0xFF, (r0 >> 8) & 0xFF), tl.join((r0 >> 16) & 0xFF, r0 >> 24))
+    b1 = tl.join(tl.join(r1 & 0xFF, (r1 >> 8) & 0xFF), tl.join((r1 >> 16) & 0xFF, r1 >> 24))
+    b2 = tl.join(tl.join(r2 & 0xFF, (r2 >> 8) & 0xFF), tl.join((r2 >> 16) & 0xFF, r2 >> 24))
+    b3 = tl.join(tl.join(r3 & 0xFF, (r3 >> 8) & 0xFF), tl.join((r3 >> 16) & 0xFF, r3 >> 24))
+    z = tl.join(tl.join(b0, b1), tl.join(b2, b3))  # [BLOCK_M, NG, cq, e, kk, w % 2, w // 2]
+    z = tl.permute(z, (0, 1, 6, 5, 4, 2, 3))  # [BLOCK_M, NG, w // 2, w % 2, kk, cq, e]: column 64 g + 16 w + 8 kk + 2 cq + e
+    return tl.reshape(z, (rows.shape[0], BLOCK_N))
 
 
 @triton.jit
 def dropout_keep(seed, rows, col_start, stream, threshold, BLOCK_N: tl.constexpr):
     """Boolean keep-mask [BLOCK_M, BLOCK_N] (see :func:`dropout_bits`); ``threshold`` from :func:`dropout_threshold`."""
-    return dropout_bits(seed, rows, col_start, stream, BLOCK_N) >= threshold.to(tl.uint32, bitcast=True)
+    return dropout_bits(seed, rows, col_start, stream, BLOCK_N) >= threshold

@@ -394,7 +394,7 @@ def _dkdv_block(dk, dv, k, v, Q_base, DO_base, LSE_base, DELTA_base, stride_qs, 
     dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     if HAS_DROPOUT:
         # the forward's [query, key] numbers, transposed as uint32 (an i1 tile does not go through the shuffle)
-        keepT = tl.trans(dropout_bits(seed, offs_m, start_n, bh, BLOCK_N)) >= dropout_threshold.to(tl.uint32, bitcast=True)
+        keepT = tl.trans(dropout_bits(seed, offs_m, start_n, bh, BLOCK_N)) >= dropout_threshold
         pdT = tl.where(keepT, pT * dropout_scale, 0.0)
         dpT = tl.where(keepT, dpT * dropout_scale, 0.0)
     else:
@@ -486,10 +486,11 @@ _CONFIGS = {
     ("dkdv", True): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
     ("dkdv", False): dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
 }
-# fp32 (accepted, not a fast path): half the tiles, so they fit in shared memory at head_dim 128.
-_FP32_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-# The interpreter: small tiles keep the CPU tests quick while still crossing block boundaries.
-_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+# fp32 (accepted, not a fast path): small query tiles and one stage, so they fit in shared memory at head_dim 128.
+_FP32_CONFIG = dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1)
+# The interpreter: small tiles keep the CPU tests quick while still crossing block boundaries. BLOCK_N is a multiple
+# of 64 everywhere: the dropout bytes come in groups of 64 key columns (fastbert/ops/_common.py).
+_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1)
 
 
 def _block_d(head_dim: int) -> int:
