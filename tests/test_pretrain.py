@@ -17,7 +17,7 @@ import torch
 
 from fastbert import BertForPreTraining, BertForSequenceClassification
 from fastbert.pretrain import main
-from fastbert.training import CHECKPOINT_NAME, LOG_NAME, read_log
+from fastbert.training.checkpoint import CHECKPOINT_NAME, LOG_NAME, read_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
