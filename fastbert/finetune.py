@@ -6,8 +6,9 @@
 ``--model`` is a local Hugging Face folder (config.json, model.safetensors, vocab.txt): a ``fastbert.pretrain``
 output or e.g. sentence-transformers/all-MiniLM-L6-v2. Labels are the distinct values of ``--label-column``
 (sorted; numerically when they are all integers). A seeded ``--eval-fraction`` of the rows is held out and never
-trained on; the accuracy on it is printed at the end and written to ``OUTPUT/eval.json``. Progress bar, atomic
-checkpoints, ``--resume`` and torchrun data parallelism behave as in ``fastbert.pretrain``.
+trained on; the accuracy on it is printed at the end and written to ``OUTPUT/eval.json``. Progress bar, verified
+atomic checkpoints, ``--resume``, the NaN guard and torchrun data parallelism behave as in ``fastbert.pretrain``.
+Exit codes: see ``--help``.
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .training.checkpoint import (check_output_dir, comparable_config, compare_run_config, export_pretrained,
-                                  file_fingerprint, load_checkpoint, resume_path, write_text)
-from .training.cli import add_common_args, check_common_args, new_parser, run_cli
+from .training.checkpoint import (CheckpointFile, check_output_dir, comparable_config, compare_run_config,
+                                  export_pretrained, file_fingerprint, first_nonfinite, resume_source, write_text)
+from .training.cli import add_common_args, check_common_args, check_input_file, new_parser, run_cli
 from .training.determinism import EpochBatches, make_loader, seed_everything
 from .training.distributed import DistInfo, barrier, check_on_all_ranks, setup_distributed
-from .training.errors import CLIError
+from .training.errors import CLIError, reason
 from .training.loop import (FitResult, TrainingJob, autocast_dtype_for, default_attn, fit, resolve_warmup,
                             total_steps_for)
 
@@ -55,13 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------------------------
 def read_labelled_csv(path: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
     """Texts and label strings of the rows where both are non-empty (CLIError for a missing file or column)."""
-    if not os.path.isfile(path):
-        raise CLIError(f"--data {path!r}: no such file")
+    check_input_file("--data", path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
+            if not columns:
+                raise CLIError(f"--data {path!r} has no header row")
             for flag, column in (("--text-column", text_column), ("--label-column", label_column)):
                 if column not in columns:
                     raise CLIError(f"--data {path!r}: {flag} {column!r} is not a column (columns: {columns})")
@@ -71,8 +73,8 @@ def read_labelled_csv(path: str, text_column: str, label_column: str) -> tuple[l
                 if text and label:
                     texts.append(text)
                     labels.append(label)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CLIError(f"--data {path!r}: {exc}") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise CLIError(f"--data {path!r}: {reason(exc)}") from None
     if not texts:
         raise CLIError(f"--data {path!r}: no rows with both {text_column!r} and {label_column!r}")
     return texts, labels
@@ -213,6 +215,8 @@ def _check_args(args) -> None:
     for name in ("max_train", "max_eval"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.eval_batch_size < 1:
+        raise CLIError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
 
 
 def _read_model_vocab(vocab_file: str) -> list[str]:
@@ -220,8 +224,8 @@ def _read_model_vocab(vocab_file: str) -> list[str]:
 
     try:
         tokens = read_vocab(vocab_file)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CLIError(f"--model: {vocab_file!r}: {exc}") from None
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--model: {vocab_file!r}: {reason(exc)}") from None
     missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]") if t not in set(tokens)]
     if missing:
         raise CLIError(f"--model: {vocab_file!r} lacks the special token(s) {', '.join(missing)}")
@@ -234,7 +238,7 @@ def _read_model_config(args, model_dir: str, vocab_size: int):
     try:
         config = BertConfig.from_pretrained(model_dir)
     except (ValueError, TypeError, OSError) as exc:
-        raise CLIError(f"--model: {exc}") from None
+        raise CLIError(f"--model {args.model!r}: config.json: {reason(exc)}") from None
     if config.max_position_embeddings < args.max_seq_len:
         raise CLIError(f"--max-seq-len {args.max_seq_len} exceeds the model's max_position_embeddings "
                        f"{config.max_position_embeddings}")
@@ -244,7 +248,7 @@ def _read_model_config(args, model_dir: str, vocab_size: int):
     return config
 
 
-def _validate(args, source: str | None) -> _Inputs:
+def _validate(args, source: CheckpointFile | None) -> _Inputs:
     check_output_dir(args.output, source is not None, args.overwrite)
     texts, labels = read_labelled_csv(args.data, args.text_column, args.label_column)
     names = label_names(labels)
@@ -253,21 +257,34 @@ def _validate(args, source: str | None) -> _Inputs:
     model_dir, vocab_file, lowercase = _model_files(args.model)
     tokens = _read_model_vocab(vocab_file)
     base_config = _read_model_config(args, model_dir, len(tokens))
-    checkpoint = load_checkpoint(source, "finetune") if source else None
+    checkpoint = source.load("finetune") if source else None
     return _Inputs(texts, labels, names, model_dir, vocab_file, lowercase, tokens, base_config, checkpoint)
 
 
 def _load_model(args, inputs: _Inputs, device: torch.device):
-    """The classifier on the pretrained weights (its fresh head drawn from the global RNG)."""
+    """The classifier on the pretrained weights; a weights file that cannot be read, or that holds NaN/Inf, is a
+    CLIError. safetensors reports truncated or garbled files as SafetensorError; pytorch_model.bin through
+    torch.load as RuntimeError, EOFError or UnpicklingError."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     from .models import BertForSequenceClassification
 
     names = inputs.names
     try:
-        return BertForSequenceClassification.from_pretrained(
+        model = BertForSequenceClassification.from_pretrained(
             inputs.model_dir, attn_implementation=args.attn or default_attn(device), num_labels=len(names),
             id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CLIError(f"--model {args.model!r}: the weights file is truncated or corrupted ({reason(exc)})") from None
     except (ValueError, OSError) as exc:
-        raise CLIError(f"--model {args.model!r}: {exc}") from None
+        raise CLIError(f"--model {args.model!r}: {reason(exc)}") from None
+    bad = first_nonfinite(model.state_dict().items())
+    if bad is not None:
+        raise CLIError(f"--model {args.model!r}: the weights hold NaN or Inf values (in {bad}), so the weights file "
+                       "is corrupted")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,7 +341,7 @@ def run(args) -> int:
 
     _check_args(args)
     dist_info = setup_distributed(args.device)
-    source = resume_path(args)
+    source = resume_source(args)
     inputs = check_on_all_ranks(lambda: _validate(args, source), dist_info)
     train_set, eval_set = _datasets(args, inputs)
     batches = EpochBatches(len(train_set), args.batch_size, seed=args.seed, rank=dist_info.rank,
@@ -336,7 +353,7 @@ def run(args) -> int:
     seed_everything(args.seed)  # the classifier's fresh init
     model = check_on_all_ranks(lambda: _load_model(args, inputs, dist_info.device), dist_info)
     if inputs.checkpoint is not None:
-        check_on_all_ranks(lambda: _check_resume(inputs.checkpoint, source, model, run_config), dist_info)
+        check_on_all_ranks(lambda: _check_resume(inputs.checkpoint, source.path, model, run_config), dist_info)
     collator = ClassificationCollator(SpecialTokens.from_vocab(inputs.tokens).pad_token_id, args.packed)
     result = fit(TrainingJob(
         kind="finetune", model=model, checkpoint=inputs.checkpoint, args=args, dist_info=dist_info,

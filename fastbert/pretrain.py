@@ -9,9 +9,10 @@ on the corpus with Hugging Face tokenizers' WordPiece trainer), paired for NSP a
 collator (fastbert.data). The model comes from a preset (mini / small / base) or ``--config config.json``.
 
 The run folder (``--output``) receives ``checkpoint.pt`` (model, optimizer, scheduler, RNG states of every rank,
-data position; written atomically), ``log.jsonl`` (one line per step) and the final model as a Hugging Face folder
-(config.json, model.safetensors, vocab.txt) that ``fastbert.finetune --model`` and ``from_pretrained`` load.
-``--resume`` continues at the exact step: the same batches, masks and dropout as an uninterrupted run.
+data position; written atomically, with its size and sha256 in ``checkpoint.pt.sha256``), ``log.jsonl`` (one line
+per step) and the final model as a Hugging Face folder (config.json, model.safetensors, vocab.txt) that
+``fastbert.finetune --model`` and ``from_pretrained`` load. ``--resume`` verifies the checkpoint and continues at
+the exact step: the same batches, masks and dropout as an uninterrupted run. Exit codes: see ``--help``.
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ import tempfile
 import torch
 
 from .training.checkpoint import (check_output_dir, comparable_config, compare_run_config, export_pretrained,
-                                  file_fingerprint, load_checkpoint, resume_path)
-from .training.cli import add_common_args, check_common_args, new_parser, run_cli
+                                  file_fingerprint, resume_source)
+from .training.cli import add_common_args, check_common_args, check_input_file, new_parser, run_cli
 from .training.determinism import EpochBatches, make_loader, seed_everything
 from .training.distributed import DistInfo, broadcast_object, check_on_all_ranks, setup_distributed
-from .training.errors import CLIError
+from .training.errors import CLIError, reason
 from .training.loop import TrainingJob, default_attn, fit, resolve_warmup, total_steps_for
 
 PRESETS = {
@@ -68,6 +69,10 @@ def _check_args(args) -> None:
     check_common_args(args)
     if not 0 < args.mlm_probability < 1:
         raise CLIError(f"--mlm-probability must be in (0, 1), got {args.mlm_probability}")
+    if not 0 <= args.short_seq_prob <= 1:
+        raise CLIError(f"--short-seq-prob must be in [0, 1], got {args.short_seq_prob}")
+    if args.dupe_factor < 1:
+        raise CLIError(f"--dupe-factor must be >= 1, got {args.dupe_factor}")
     if args.max_seq_len < 5:
         raise CLIError(f"--max-seq-len must be >= 5 for NSP pairs, got {args.max_seq_len}")
 
@@ -77,16 +82,17 @@ def _is_csv(args) -> bool:
 
 
 def _load_texts(args) -> list[str]:
+    import csv
+
     from .data import load_csv_texts, load_text_documents
 
-    if not os.path.isfile(args.data):
-        raise CLIError(f"--data {args.data!r}: no such file")
+    check_input_file("--data", args.data)
     try:
         if _is_csv(args):
             return load_csv_texts(args.data, args.text_column)
         return load_text_documents(args.data)
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
-        raise CLIError(f"--data: {exc}") from None
+    except (ValueError, OSError, csv.Error) as exc:
+        raise CLIError(f"--data {args.data!r}: {reason(exc)}") from None
 
 
 def _check_vocab(tokens: list[str], what: str):
@@ -101,12 +107,11 @@ def _check_vocab(tokens: list[str], what: str):
 def _read_vocab_file(path: str) -> list[str]:
     from .data import read_vocab
 
-    if not os.path.isfile(path):
-        raise CLIError(f"--vocab {path!r}: no such file")
+    check_input_file("--vocab", path)
     try:
         tokens = read_vocab(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CLIError(f"--vocab {path!r}: {exc}") from None
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--vocab {path!r}: {reason(exc)}") from None
     _check_vocab(tokens, f"--vocab {path!r}")
     return tokens
 
@@ -134,12 +139,11 @@ def _model_config(args, special, device: torch.device):
     from .config import BertConfig
 
     if args.config is not None:
-        if not os.path.isfile(args.config):
-            raise CLIError(f"--config {args.config!r}: no such file")
+        check_input_file("--config", args.config)
         try:
             config = BertConfig.from_json_file(args.config)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise CLIError(f"--config {args.config!r}: {exc}") from None
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            raise CLIError(f"--config {args.config!r}: {reason(exc)}") from None
     else:
         config = BertConfig(**PRESETS[args.preset])
     config = config.replace(vocab_size=special.vocab_size, pad_token_id=special.pad_token_id,
@@ -210,11 +214,11 @@ def run(args) -> int:
 
     _check_args(args)
     dist_info = setup_distributed(args.device)
-    source = resume_path(args)
+    source = resume_source(args)
 
     def validate():
         check_output_dir(args.output, source is not None, args.overwrite)
-        return _load_texts(args), (load_checkpoint(source, "pretrain") if source else None)
+        return _load_texts(args), (source.load("pretrain") if source else None)
 
     texts, checkpoint = check_on_all_ranks(validate, dist_info)
     tokens = check_on_all_ranks(lambda: _vocab_tokens(args, texts, checkpoint, dist_info), dist_info)
@@ -227,11 +231,7 @@ def run(args) -> int:
     warmup = resolve_warmup(args.warmup_steps, args.warmup_ratio, total_steps)
     run_config = _run_config(args, dist_info.world_size, total_steps, warmup)
     if checkpoint is not None:
-        check_on_all_ranks(lambda: _check_resume(checkpoint, source, config, tokens, run_config), dist_info)
-        if checkpoint["position"]["step"] >= total_steps:
-            if dist_info.is_main:
-                print(f"pretrain: already at step {checkpoint['position']['step']}/{total_steps}; nothing to do")
-            return 0
+        check_on_all_ranks(lambda: _check_resume(checkpoint, source.path, config, tokens, run_config), dist_info)
 
     seed_everything(args.seed)
     model = BertForPreTraining(config)
@@ -246,13 +246,13 @@ def run(args) -> int:
         kind="pretrain", model=model, checkpoint=checkpoint, args=args, dist_info=dist_info, batches=batches,
         make_batches=make_batches, compute=_compute(dist_info.device), total_steps=total_steps, warmup=warmup,
         config=config.to_dict(), run_config=run_config, accuracy_name="mlm_acc", extra={"vocab": tokens}))
-    if dist_info.is_main:
+    if dist_info.is_main:  # (a run already at its last step exports again: an export that failed is redone)
         export_pretrained(model, args.output, tokens, {"do_lower_case": not args.cased})
         last = result.last
-        print(f"pretrain: step {result.position.step}/{total_steps} epoch {result.position.epoch} "
-              f"loss {last.get('loss', 0):.4f} mlm_acc {last.get('mlm_acc', 0):.4f} "
-              f"tokens/s {result.tokens_per_s:,.0f} ranks {dist_info.world_size}"
-              f"{'' if result.in_sync else ' (REPLICAS DIVERGED)'} -> {args.output}")
+        done = (f"loss {last.get('loss', 0):.4f} mlm_acc {last.get('mlm_acc', 0):.4f} tokens/s "
+                f"{result.tokens_per_s:,.0f}" if result.steps_run else "already done, model exported again")
+        print(f"pretrain: step {result.position.step}/{total_steps} epoch {result.position.epoch} {done} "
+              f"ranks {dist_info.world_size}{'' if result.in_sync else ' (REPLICAS DIVERGED)'} -> {args.output}")
     return 0 if result.in_sync else 1
 
 

@@ -215,7 +215,7 @@ def test_fresh_run_over_checkpoint_or_bad_resume_refused(corpus, finished_run, t
     _expect_error(capsys, base_args(corpus, finished_run), "already holds a checkpoint", "--resume")
     _expect_error(capsys, base_args(corpus, tmp_path / "fresh", "--resume"), "no checkpoint")
     garbage = _write(tmp_path / "garbage.pt", "not a checkpoint")
-    _expect_error(capsys, base_args(corpus, finished_run, "--resume", str(garbage)), "not a readable")
+    _expect_error(capsys, base_args(corpus, finished_run, "--resume", str(garbage)), "cannot be verified")
     assert _snapshot(finished_run) == before
     assert not (tmp_path / "fresh").exists()
 

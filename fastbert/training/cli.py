@@ -1,17 +1,23 @@
 """The command-line surface both entry points share: options, their checks, and how a run ends.
 
-``run_cli`` runs an entry point's body; a ``CLIError`` becomes one line on stderr (``prog: error: ...``, printed
-by rank 0 only) and exit code 2. Anything else is a bug and keeps its traceback.
+``run_cli`` runs an entry point's body and turns every way it can stop early into one line on stderr
+(``prog: error: ...``, printed by rank 0 only) and the exit code documented in ``fastbert.training.errors``:
+2 bad input, 3 non-finite training, 4 an output that could not be written, 130 interrupted. No traceback
+reaches the user for these; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Callable
 
 from .distributed import teardown_distributed
-from .errors import CLIError, one_line
+from .errors import EXIT_CODES_HELP, CLIError, TrainingError, one_line, reason
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _say(prog: str, message: object) -> None:
@@ -20,12 +26,19 @@ def _say(prog: str, message: object) -> None:
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Run ``body``; a CLIError (or a failed distributed start) becomes ``prog: error: ...`` and exit code 2."""
+    """Run ``body``; TrainingError, KeyboardInterrupt and OSError become one line on stderr and an exit code."""
     try:
         return body()
-    except CLIError as exc:
+    except TrainingError as exc:
         _say(prog, exc)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say(prog, "interrupted; every file already written is complete (checkpoints and exports are replaced "
+                   "atomically), so --resume continues from the last checkpoint")
+        return 130
+    except OSError as exc:  # an I/O failure outside the checkpoint and export writers (e.g. the log, a full disk)
+        _say(prog, reason(exc))
+        return 4
     finally:
         teardown_distributed()
 
@@ -40,8 +53,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An entry point's parser."""
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    """An entry point's parser, with the exit codes as its epilog."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=EXIT_CODES_HELP,
+                                   formatter_class=HelpFormatter)
 
 
 def add_common_args(parser, *, default_lr: float, default_batch: int, default_seq: int) -> None:
@@ -58,6 +72,9 @@ def add_common_args(parser, *, default_lr: float, default_batch: int, default_se
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs over the data)")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --steps is not given")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order, masks and dropout")
+    g.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                   help="skip (no update) at most N steps over the whole run whose loss or gradient norm is NaN/Inf; "
+                        "the next one stops the run with exit code 3 (default 0: stop at the first)")
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default=None,
@@ -78,7 +95,20 @@ def add_common_args(parser, *, default_lr: float, default_batch: int, default_se
     g.add_argument("--overwrite", action="store_true", help="start afresh even if OUTPUT holds a checkpoint")
 
 
+def check_input_file(flag: str, path: str) -> None:
+    """CLIError unless ``path`` is a non-empty file this process may read."""
+    if not os.path.isfile(path):
+        raise CLIError(f"{flag} {path!r}: no such file")
+    if not os.access(path, os.R_OK):
+        raise CLIError(f"{flag} {path!r}: no permission to read it")
+    if os.path.getsize(path) == 0:
+        raise CLIError(f"{flag} {path!r} is empty (0 bytes)")
+
+
 def check_common_args(args) -> None:
+    for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "epochs"):
+        if not math.isfinite(getattr(args, name)):
+            raise CLIError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}")
     for name in ("max_seq_len", "batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -88,8 +118,16 @@ def check_common_args(args) -> None:
         raise CLIError(f"--epochs must be > 0, got {args.epochs}")
     if args.lr <= 0:
         raise CLIError(f"--lr must be > 0, got {args.lr}")
+    if args.lr >= _FLOAT32_MAX / 10:  # AdamW's first bias-corrected step is 10 x lr, a float32 scalar
+        raise CLIError(f"--lr {args.lr} overflows float32 in AdamW's first step (10 x lr must stay below "
+                       f"{_FLOAT32_MAX:.3g})")
+    for name in ("weight_decay", "max_grad_norm", "skip_nonfinite", "save_every"):
+        if getattr(args, name) < 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.warmup_ratio < 1:
         raise CLIError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        raise CLIError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     if args.stop_after is not None and args.stop_after < 1:
         raise CLIError(f"--stop-after must be >= 1, got {args.stop_after}")
     if args.num_workers < 0:

@@ -4,7 +4,13 @@
   warmup then linear decay to 0, and the restore of model / optimizer / schedule / position / RNG on resume.
 * Precision: bf16 autocast on CUDA, fp32 on CPU (``autocast_dtype_for``); the attention path a device defaults to.
 * ``TrainLoop``: gradient accumulation (DDP ``no_sync`` between syncs), gradient clipping, a tqdm bar with loss /
-  accuracy / real tokens per second, a JSON-lines log and periodic checkpoints.
+  accuracy / real tokens per second, a JSON-lines log and periodic checkpoints. Two guards:
+  - non-finite: a step whose loss or gradient norm is NaN/Inf makes no update; it stops the run
+    (``NonFiniteError``, exit 3) unless ``--skip-nonfinite N`` still allows a skip (counted over the whole run,
+    resumes included). Weights and optimizer moments are checked before every save, so nothing non-finite is
+    ever written.
+  - SIGINT: the first Ctrl-C lets the current step finish, saves a checkpoint there and stops (``Interrupted``,
+    exit 130); a second one interrupts at once (the previous checkpoint stays valid).
 * ``fit``: the whole of training for an entry point: build, log, loop, replica check.
 """
 from __future__ import annotations
@@ -14,25 +20,30 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable
 
 import torch
 
-from .checkpoint import CHECKPOINT_NAME, checkpoint_state, prepare_log, save_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, CheckpointFile, checkpoint_state, first_nonfinite, optimizer_tensors,
+                         prepare_log)
 from .determinism import EpochBatches, capture_rng, restore_rng, seed_everything
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, replicas_in_sync
-from .errors import CLIError
+from .errors import CLIError, Interrupted, NonFiniteError
 
 
 @dataclasses.dataclass
 class LoopPosition:
-    """Where training stands: optimizer steps done, and the data position (epoch, micro-batches consumed in it)."""
+    """Where training stands: optimizer steps done, the data position (epoch, micro-batches consumed in it), and
+    how many steps were skipped for a non-finite loss or gradient norm."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    skipped: int = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,6 +136,39 @@ def prepare_training(model: torch.nn.Module, checkpoint: dict[str, Any] | None, 
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
+class _StopRequest:
+    """While active (and only if SIGINT still has Python's default handler, in the main thread), the first SIGINT
+    just sets ``requested``; the handler is then put back, so a second SIGINT raises KeyboardInterrupt at once."""
+
+    requested = False
+    _installed = False
+
+    def __enter__(self) -> "_StopRequest":
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _grad_norm(model: torch.nn.Module, max_grad_norm: float) -> torch.Tensor:
+    """The total L2 norm of the gradients (clipped to ``max_grad_norm`` when > 0; the norm returned is the one
+    before clipping)."""
+    if max_grad_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    norms = [torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32) for p in model.parameters()
+             if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
 class TrainLoop:
     """The optimisation loop of both entry points.
 
@@ -132,14 +176,15 @@ class TrainLoop:
     and returns the mean loss tensor plus the accuracy counts and real-token count as 0-d tensors.
     ``make_batches(epoch, index_batches) -> iterable`` turns the remaining index batches of an epoch into model
     inputs (a DataLoader over the collator). ``on_checkpoint(position, rng_states)`` writes the checkpoint (called
-    on rank 0 only; ``rng_states[r]`` is rank r's ``capture_rng()``).
+    on rank 0 only, after the weights were found finite; ``rng_states[r]`` is rank r's ``capture_rng()``).
+    ``skip_nonfinite``: how many non-finite steps the whole run may skip before stopping (0 = stop at the first).
     """
 
     def __init__(self, *, model, ddp_model, optimizer, scheduler, dist_info: DistInfo, batches: EpochBatches,
                  make_batches: Callable[[int, list[list[int]]], Iterable], compute: Callable, total_steps: int,
                  grad_accum: int, max_grad_norm: float, autocast_dtype: torch.dtype | None,
                  log_path: str | None, save_every: int, on_checkpoint: Callable[[LoopPosition, list], None],
-                 progress: bool, accuracy_name: str = "acc", desc: str = "train"):
+                 progress: bool, accuracy_name: str = "acc", desc: str = "train", skip_nonfinite: int = 0):
         self.model = model
         self.ddp_model = ddp_model
         self.optimizer = optimizer
@@ -158,7 +203,8 @@ class TrainLoop:
         self.progress = progress and dist_info.is_main
         self.accuracy_name = accuracy_name
         self.desc = desc
-        self.last: dict[str, Any] = {}  # the last logged step
+        self.skip_nonfinite = skip_nonfinite
+        self.last: dict[str, Any] = {}  # the last logged step with a finite loss
         self.tokens_per_s = 0.0
         self._saved_at = 0
         self._window_tokens = 0.0
@@ -182,8 +228,9 @@ class TrainLoop:
                          dynamic_ncols=True, file=sys.stderr)
         self._log_file = open(self.log_path, "a", encoding="utf-8") if (self.log_path and self.dist.is_main) else None
         try:
-            while pos.step < target:
-                self._run_epoch(pos, target, usable)
+            with _StopRequest() as stop:
+                while pos.step < target:
+                    self._run_epoch(pos, target, usable, stop)
             if self._saved_at != pos.step:
                 self._checkpoint(pos)
         finally:
@@ -192,7 +239,7 @@ class TrainLoop:
                 self._log_file.close()
         return pos
 
-    def _run_epoch(self, pos: LoopPosition, target: int, usable: int) -> None:
+    def _run_epoch(self, pos: LoopPosition, target: int, usable: int, stop: _StopRequest) -> None:
         """Train on what is left of epoch ``pos.epoch`` (or up to ``target``); moves ``pos`` along."""
         if pos.batch_in_epoch >= usable:
             pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
@@ -205,10 +252,12 @@ class TrainLoop:
             self._accumulate(batch, acc, sync=micro == self.grad_accum)
             if micro < self.grad_accum:
                 continue
-            self._optimizer_step(pos, micro, acc, t0)
+            stop_all = self._optimizer_step(pos, micro, acc, t0, stop.requested)
             micro = 0
             if pos.step >= target or (self.save_every and pos.step % self.save_every == 0):
                 self._checkpoint(pos)
+            if stop_all:
+                self._interrupted(pos)
             if pos.step >= target:
                 return
             t0 = time.perf_counter()
@@ -224,31 +273,64 @@ class TrainLoop:
         acc += torch.stack([loss.detach().double(), correct.double(), labelled.double(), tokens.double(),
                             torch.ones((), dtype=torch.float64, device=acc.device)])
 
-    def _optimizer_step(self, pos: LoopPosition, micro: int, acc: torch.Tensor, t0: float) -> None:
-        """Clip, update, advance the schedule and the position, log the step (statistics summed over ranks)."""
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+    def _optimizer_step(self, pos: LoopPosition, micro: int, acc: torch.Tensor, t0: float, stop: bool) -> bool:
+        """Clip, check, update unless non-finite, log. Every rank decides on the same all-reduced numbers: the
+        loss, the gradient norm, and whether any rank was asked to stop (``stop``), which is returned."""
+        grad_norm = _grad_norm(self.model, self.max_grad_norm)
+        extra = torch.stack([grad_norm.detach().double().to(acc.device),
+                             torch.tensor(float(stop), dtype=torch.float64, device=acc.device)])
+        loss_sum, correct, labelled, tokens, n_micro, norm_sum, stops = all_reduce_sum(torch.cat([acc, extra]),
+                                                                                         self.dist)
+        acc.zero_()
+        loss, grad_norm_value = loss_sum / n_micro, norm_sum / self.dist.world_size
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        finite = math.isfinite(loss) and math.isfinite(grad_norm_value)
+        if finite:
+            self.optimizer.step()
+        else:
+            self._non_finite(pos, loss, grad_norm_value, labelled)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         pos.step += 1
         pos.batch_in_epoch += micro
-        loss_sum, correct, labelled, tokens, n_micro = all_reduce_sum(acc, self.dist)
-        acc.zero_()
-        self._log(pos, loss_sum / n_micro, correct, labelled, tokens, lr, time.perf_counter() - t0)
+        self._log(pos, loss if finite else None, correct, labelled, tokens, lr, time.perf_counter() - t0)
+        return stops > 0
 
-    def _log(self, pos: LoopPosition, loss: float, correct: float, labelled: float, tokens: float, lr: float,
-             elapsed: float) -> None:
+    def _non_finite(self, pos: LoopPosition, loss: float, grad_norm: float, labelled: float) -> None:
+        """Skip the update if the --skip-nonfinite budget allows it, else NonFiniteError."""
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
+        if labelled == 0:  # e.g. MLM batches where no token was drawn for prediction: a mean over nothing
+            what += f" (the step's batches hold no labelled position for {self.accuracy_name})"
+        step = pos.step + 1
+        if pos.skipped < self.skip_nonfinite:
+            pos.skipped += 1
+            if self.dist.is_main:
+                self._bar.write(f"{self.desc}: warning: step {step}: {what}; update skipped ({pos.skipped} of the "
+                                f"{self.skip_nonfinite} allowed by --skip-nonfinite)", file=sys.stderr)
+            return
+        budget = (f" and --skip-nonfinite {self.skip_nonfinite} is used up" if self.skip_nonfinite else "")
+        raise NonFiniteError(f"step {step}: {what}{budget}, so training stopped without an update; "
+                             f"{self._last_good()}; try a lower --lr, or --skip-nonfinite N to skip such steps")
+
+    def _last_good(self) -> str:
+        if self._saved_at == 0:
+            return "nothing was saved"
+        return f"nothing was saved after step {self._saved_at}, whose checkpoint and any exported model are unchanged"
+
+    def _log(self, pos: LoopPosition, loss: float | None, correct: float, labelled: float, tokens: float,
+             lr: float, elapsed: float) -> None:
         self._window_tokens += tokens
         self._window_seconds += elapsed
         self.tokens_per_s = self._window_tokens / max(self._window_seconds, 1e-9)
         record = {"step": pos.step, "epoch": pos.epoch, "loss": loss,
-                  self.accuracy_name: (correct / labelled) if labelled else 0.0, "lr": lr, "tokens": int(tokens),
-                  "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
-        self.last = record
-        self._bar.set_postfix({"loss": f"{loss:.4f}", self.accuracy_name: f"{record[self.accuracy_name]:.3f}",
-                               "tok/s": f"{self.tokens_per_s:,.0f}"}, refresh=False)
+                  self.accuracy_name: ((correct / labelled) if labelled else 0.0) if loss is not None else None,
+                  "lr": lr, "tokens": int(tokens), "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
+        if loss is None:
+            record["skipped"] = "non-finite loss or gradient norm"
+        else:
+            self.last = record
+            self._bar.set_postfix({"loss": f"{loss:.4f}", self.accuracy_name: f"{record[self.accuracy_name]:.3f}",
+                                   "tok/s": f"{self.tokens_per_s:,.0f}"}, refresh=False)
         if self._log_file is not None:
             self._log_file.write(json.dumps(record) + "\n")
             self._log_file.flush()
@@ -260,12 +342,23 @@ class TrainLoop:
         return torch.autocast(device_type=self.dist.device.type, dtype=self.autocast_dtype)
 
     def _checkpoint(self, pos: LoopPosition) -> None:
-        """Save ``pos`` (rank 0 writes; every rank's generators are included)."""
+        """Save ``pos`` (rank 0 writes, every rank's generators included) once the state is known to be finite."""
+        state = self.model.state_dict().items()
+        bad = first_nonfinite(state) or first_nonfinite(optimizer_tensors(self.optimizer.state_dict()))
+        if bad is not None:
+            raise NonFiniteError(f"step {pos.step}: {bad} holds NaN or Inf after the update, so it was not saved; "
+                                 f"{self._last_good()}; try a lower --lr")
         rng_states = all_gather_objects(capture_rng(), self.dist)
         if self.dist.is_main:
             self.on_checkpoint(dataclasses.replace(pos), rng_states)
         barrier(self.dist)
         self._saved_at = pos.step
+
+    def _interrupted(self, pos: LoopPosition) -> None:
+        if self._saved_at != pos.step:
+            self._checkpoint(pos)
+        raise Interrupted(f"interrupted at step {pos.step} of {self.total_steps}; a checkpoint of that step was "
+                          "saved, so --resume continues from it")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,7 +389,8 @@ class TrainingJob:
 @dataclasses.dataclass
 class FitResult:
     position: LoopPosition
-    last: dict[str, Any]  # the last logged step ({} when no step ran)
+    steps_run: int  # optimizer steps taken in this invocation
+    last: dict[str, Any]  # the last logged step with a finite loss ({} when no step ran)
     tokens_per_s: float
     in_sync: bool  # replicas bit-identical (always True in one process)
 
@@ -308,18 +402,20 @@ def fit(job: TrainingJob) -> FitResult:
     ddp_model, optimizer, scheduler, position = prepare_training(job.model, job.checkpoint, args, dist_info,
                                                                  job.warmup, job.total_steps)
     log_path = prepare_log(args.output, job.checkpoint is not None, position.step, dist_info)
+    store = CheckpointFile(os.path.join(args.output, CHECKPOINT_NAME))
 
     def on_checkpoint(pos: LoopPosition, rng_states: list) -> None:
-        state = checkpoint_state(job.kind, job.model, optimizer, scheduler, pos, rng_states, job.config,
-                                 job.run_config, args, **job.extra)
-        save_checkpoint(os.path.join(args.output, CHECKPOINT_NAME), state)
+        store.save(checkpoint_state(job.kind, job.model, optimizer, scheduler, pos, rng_states, job.config,
+                                    job.run_config, args, **job.extra))
 
     loop = TrainLoop(model=job.model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,
                      dist_info=dist_info, batches=job.batches, make_batches=job.make_batches, compute=job.compute,
                      total_steps=job.total_steps, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
                      autocast_dtype=autocast_dtype_for(dist_info.device, args.precision), log_path=log_path,
                      save_every=args.save_every, on_checkpoint=on_checkpoint, progress=not args.no_progress,
-                     accuracy_name=job.accuracy_name, desc=job.kind)
+                     accuracy_name=job.accuracy_name, desc=job.kind, skip_nonfinite=args.skip_nonfinite)
+    start = position.step
     if position.step < job.total_steps:
         position = loop.run(position, stop_after=args.stop_after)
-    return FitResult(position, loop.last, loop.tokens_per_s, replicas_in_sync(job.model, dist_info))
+    return FitResult(position, position.step - start, loop.last, loop.tokens_per_s,
+                     replicas_in_sync(job.model, dist_info))
