@@ -6,28 +6,37 @@
 ``--model`` is a local Hugging Face folder (config.json, model.safetensors, vocab.txt): a ``fastbert.pretrain``
 output or e.g. sentence-transformers/all-MiniLM-L6-v2. Labels are the distinct values of ``--label-column``
 (sorted; numerically when they are all integers). A seeded ``--eval-fraction`` of the rows is held out and never
-trained on; the accuracy on it is printed at the end and written to ``OUTPUT/eval.json``. Progress bar, atomic
-checkpoints, ``--resume`` and torchrun data parallelism behave as in ``fastbert.pretrain``.
+trained on; the accuracy on it is printed at the end and written to ``OUTPUT/eval.json``. Progress bar, verified
+atomic checkpoints, ``--resume``, the NaN guard and torchrun data parallelism behave as in ``fastbert.pretrain``.
+Exit codes: see ``--help``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import training as T
+from .training.checkpoint import (CheckpointFile, check_output_dir, comparable_config, compare_run_config,
+                                  export_pretrained, file_fingerprint, first_nonfinite, resume_source, write_text)
+from .training.cli import add_common_args, check_common_args, check_input_file, new_parser, run_cli
+from .training.determinism import EpochBatches, make_loader, seed_everything
+from .training.distributed import DistInfo, barrier, check_on_all_ranks, setup_distributed
+from .training.errors import CLIError, reason
+from .training.loop import (FitResult, TrainingJob, autocast_dtype_for, default_attn, fit, resolve_warmup,
+                            total_steps_for)
 
 PROG = "python -m fastbert.finetune"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=T.HelpFormatter)
+    p = new_parser(PROG, __doc__.split("\n\n")[0])
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="CSV file with a header row")
     g.add_argument("--text-column", default="text", help="column with the text to classify")
@@ -38,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-batch-size", type=int, default=64, help="sequences per evaluation batch")
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="pretrained model folder (config.json, weights, vocab.txt)")
-    T.add_common_args(p, default_lr=5e-5, default_batch=16, default_seq=128)
+    add_common_args(p, default_lr=5e-5, default_batch=16, default_seq=128)
     return p
 
 
@@ -47,26 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------------------------
 def read_labelled_csv(path: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
     """Texts and label strings of the rows where both are non-empty (CLIError for a missing file or column)."""
-    if not os.path.isfile(path):
-        raise T.CLIError(f"--data {path!r}: no such file")
+    check_input_file("--data", path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
+            if not columns:
+                raise CLIError(f"--data {path!r} has no header row")
             for flag, column in (("--text-column", text_column), ("--label-column", label_column)):
                 if column not in columns:
-                    raise T.CLIError(f"--data {path!r}: {flag} {column!r} is not a column (columns: {columns})")
+                    raise CLIError(f"--data {path!r}: {flag} {column!r} is not a column (columns: {columns})")
             texts, labels = [], []
             for row in reader:
                 text, label = (row[text_column] or "").strip(), (row[label_column] or "").strip()
                 if text and label:
                     texts.append(text)
                     labels.append(label)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise T.CLIError(f"--data {path!r}: {exc}") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise CLIError(f"--data {path!r}: {reason(exc)}") from None
     if not texts:
-        raise T.CLIError(f"--data {path!r}: no rows with both {text_column!r} and {label_column!r}")
+        raise CLIError(f"--data {path!r}: no rows with both {text_column!r} and {label_column!r}")
     return texts, labels
 
 
@@ -129,15 +139,15 @@ def _model_files(folder: str) -> tuple[str, str, bool]:
     from .models.loading import resolve_model_folder
 
     if not os.path.isdir(folder):
-        raise T.CLIError(f"--model {folder!r}: no such folder")
+        raise CLIError(f"--model {folder!r}: no such folder")
     try:
         model_dir = resolve_model_folder(folder)
     except FileNotFoundError as exc:
-        raise T.CLIError(f"--model: {exc}") from None
+        raise CLIError(f"--model: {exc}") from None
     vocab = next((os.path.join(d, "vocab.txt") for d in (model_dir, folder)
                   if os.path.isfile(os.path.join(d, "vocab.txt"))), None)
     if vocab is None:
-        raise T.CLIError(f"--model {folder!r}: no vocab.txt")
+        raise CLIError(f"--model {folder!r}: no vocab.txt")
     lowercase = True
     for d in (model_dir, folder):
         cfg = os.path.join(d, "tokenizer_config.json")
@@ -181,134 +191,184 @@ def _compute(device: torch.device):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# main
+# validation (before anything is written)
 # ----------------------------------------------------------------------------------------------------------------
-def run(args) -> int:
-    from .config import BertConfig
-    from .data import SpecialTokens, read_vocab
-    from .models import BertForSequenceClassification
+@dataclasses.dataclass
+class _Inputs:
+    """Everything the run reads, checked on every rank before anything is written."""
 
-    T.check_common_args(args)
+    texts: list[str]
+    labels: list[str]
+    names: list[str]
+    model_dir: str
+    vocab_file: str
+    lowercase: bool
+    tokens: list[str]
+    base_config: Any  # the model folder's config.json, read once
+    checkpoint: dict | None
+
+
+def _check_args(args) -> None:
+    check_common_args(args)
     if not 0 < args.eval_fraction < 1:
-        raise T.CLIError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
+        raise CLIError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
     for name in ("max_train", "max_eval"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise T.CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    dist_info = T.setup_distributed(args.device)
-    resume_path = None if args.resume is None else (args.resume or os.path.join(args.output, T.CHECKPOINT_NAME))
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.eval_batch_size < 1:
+        raise CLIError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
 
-    # ---- validate everything before writing anything ------------------------------------------------------------
-    def validate():
-        T.check_output_dir(args.output, args.resume is not None, args.overwrite)
-        texts, labels = read_labelled_csv(args.data, args.text_column, args.label_column)
-        names = label_names(labels)
-        if len(names) < 2:
-            raise T.CLIError(f"--label-column {args.label_column!r} has a single value {names[0]!r}: nothing to learn")
-        model_dir, vocab_file, lowercase = _model_files(args.model)
-        try:
-            tokens = read_vocab(vocab_file)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise T.CLIError(f"--model: {vocab_file!r}: {exc}") from None
-        missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]") if t not in set(tokens)]
-        if missing:
-            raise T.CLIError(f"--model: {vocab_file!r} lacks the special token(s) {', '.join(missing)}")
-        try:
-            base_config = BertConfig.from_pretrained(model_dir)
-        except (ValueError, TypeError, OSError) as exc:
-            raise T.CLIError(f"--model: {exc}") from None
-        if base_config.max_position_embeddings < args.max_seq_len:
-            raise T.CLIError(f"--max-seq-len {args.max_seq_len} exceeds the model's max_position_embeddings "
-                             f"{base_config.max_position_embeddings}")
-        checkpoint = T.load_checkpoint(resume_path, "finetune") if resume_path else None
-        return texts, labels, names, model_dir, vocab_file, lowercase, tokens, checkpoint
 
-    texts, labels, names, model_dir, vocab_file, lowercase, tokens, checkpoint = T.check_on_all_ranks(
-        validate, dist_info)
-    special = SpecialTokens.from_vocab(tokens)
-    label_id = {name: i for i, name in enumerate(names)}
-    train_idx, eval_idx = split_indices(len(texts), args.eval_fraction, args.seed, args.max_train, args.max_eval)
-    encoded = _tokenize([texts[i] for i in train_idx + eval_idx], vocab_file, lowercase, args.max_seq_len)
-    train_set = EncodedDataset(encoded[:len(train_idx)], [label_id[labels[i]] for i in train_idx])
-    eval_set = EncodedDataset(encoded[len(train_idx):], [label_id[labels[i]] for i in eval_idx])
-    if len(tokens) > BertConfig.from_pretrained(model_dir).vocab_size:
-        raise T.CLIError(f"--model {args.model!r}: vocab.txt has {len(tokens)} tokens, more than the model's "
-                         f"vocab_size {BertConfig.from_pretrained(model_dir).vocab_size}")
+def _read_model_vocab(vocab_file: str) -> list[str]:
+    from .data import read_vocab
 
-    batches = T.EpochBatches(len(train_set), args.batch_size, seed=args.seed, rank=dist_info.rank,
-                             world_size=dist_info.world_size)
-    total_steps = T.total_steps_for(args, batches)
-    warmup = T.resolve_warmup(args.warmup_steps, args.warmup_ratio, total_steps)
-    id2label = {str(i): n for i, n in enumerate(names)}
-    run_config = {
-        "data_sha256": T.file_fingerprint(args.data), "text_column": args.text_column,
-        "label_column": args.label_column, "labels": names, "eval_fraction": args.eval_fraction,
+    try:
+        tokens = read_vocab(vocab_file)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--model: {vocab_file!r}: {reason(exc)}") from None
+    missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]") if t not in set(tokens)]
+    if missing:
+        raise CLIError(f"--model: {vocab_file!r} lacks the special token(s) {', '.join(missing)}")
+    return tokens
+
+
+def _read_model_config(args, model_dir: str, vocab_size: int):
+    from .config import BertConfig
+
+    try:
+        config = BertConfig.from_pretrained(model_dir)
+    except (ValueError, TypeError, OSError) as exc:
+        raise CLIError(f"--model {args.model!r}: config.json: {reason(exc)}") from None
+    if config.max_position_embeddings < args.max_seq_len:
+        raise CLIError(f"--max-seq-len {args.max_seq_len} exceeds the model's max_position_embeddings "
+                       f"{config.max_position_embeddings}")
+    if vocab_size > config.vocab_size:
+        raise CLIError(f"--model {args.model!r}: vocab.txt has {vocab_size} tokens, more than the model's "
+                       f"vocab_size {config.vocab_size}")
+    return config
+
+
+def _validate(args, source: CheckpointFile | None) -> _Inputs:
+    check_output_dir(args.output, source is not None, args.overwrite)
+    texts, labels = read_labelled_csv(args.data, args.text_column, args.label_column)
+    names = label_names(labels)
+    if len(names) < 2:
+        raise CLIError(f"--label-column {args.label_column!r} has a single value {names[0]!r}: nothing to learn")
+    model_dir, vocab_file, lowercase = _model_files(args.model)
+    tokens = _read_model_vocab(vocab_file)
+    base_config = _read_model_config(args, model_dir, len(tokens))
+    checkpoint = source.load("finetune") if source else None
+    return _Inputs(texts, labels, names, model_dir, vocab_file, lowercase, tokens, base_config, checkpoint)
+
+
+def _load_model(args, inputs: _Inputs, device: torch.device):
+    """The classifier on the pretrained weights; a weights file that cannot be read, or that holds NaN/Inf, is a
+    CLIError. safetensors reports truncated or garbled files as SafetensorError; pytorch_model.bin through
+    torch.load as RuntimeError, EOFError or UnpicklingError."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    from .models import BertForSequenceClassification
+
+    names = inputs.names
+    try:
+        model = BertForSequenceClassification.from_pretrained(
+            inputs.model_dir, attn_implementation=args.attn or default_attn(device), num_labels=len(names),
+            id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CLIError(f"--model {args.model!r}: the weights file is truncated or corrupted ({reason(exc)})") from None
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--model {args.model!r}: {reason(exc)}") from None
+    bad = first_nonfinite(model.state_dict().items())
+    if bad is not None:
+        raise CLIError(f"--model {args.model!r}: the weights hold NaN or Inf values (in {bad}), so the weights file "
+                       "is corrupted")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------
+def _datasets(args, inputs: _Inputs) -> tuple[EncodedDataset, EncodedDataset]:
+    """(train, held-out) after the seeded split, tokenized once."""
+    label_id = {name: i for i, name in enumerate(inputs.names)}
+    train_idx, eval_idx = split_indices(len(inputs.texts), args.eval_fraction, args.seed, args.max_train,
+                                        args.max_eval)
+    encoded = _tokenize([inputs.texts[i] for i in train_idx + eval_idx], inputs.vocab_file, inputs.lowercase,
+                        args.max_seq_len)
+    train_set = EncodedDataset(encoded[:len(train_idx)], [label_id[inputs.labels[i]] for i in train_idx])
+    eval_set = EncodedDataset(encoded[len(train_idx):], [label_id[inputs.labels[i]] for i in eval_idx])
+    return train_set, eval_set
+
+
+def _run_config(args, inputs: _Inputs, world_size: int, total_steps: int, warmup: int) -> dict:
+    """The settings a --resume must match exactly."""
+    return {
+        "data_sha256": file_fingerprint(args.data), "text_column": args.text_column,
+        "label_column": args.label_column, "labels": inputs.names, "eval_fraction": args.eval_fraction,
         "max_train": args.max_train, "max_eval": args.max_eval, "max_seq_len": args.max_seq_len,
-        "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": dist_info.world_size,
+        "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": world_size,
         "seed": args.seed, "total_steps": total_steps, "lr": args.lr, "warmup_steps": warmup,
-        "weight_decay": args.weight_decay, "vocab": tokens,
+        "weight_decay": args.weight_decay, "vocab": inputs.tokens,
     }
+
+
+def _check_resume(checkpoint: dict, path: str, model, run_config: dict) -> None:
+    compare_run_config(comparable_config(checkpoint["config"]), comparable_config(model.config.to_dict()), path)
+    compare_run_config(checkpoint["run"], run_config, path)
+
+
+def _report(args, inputs: _Inputs, model, train_set, eval_set, collator, result: FitResult, total_steps: int,
+            dist_info: DistInfo) -> None:
+    """Rank 0: export the model, evaluate it on the held-out rows, write eval.json, print the summary line."""
     device = dist_info.device
-    attn = args.attn or T.default_attn(device)
+    export_pretrained(model, args.output, inputs.tokens, {"do_lower_case": inputs.lowercase})
+    accuracy = evaluate(model, eval_set, collator, args.eval_batch_size, device,
+                        autocast_dtype_for(device, args.precision))
+    majority = max(np.bincount(eval_set.labels, minlength=len(inputs.names))) / len(eval_set)
+    summary = {"step": result.position.step, "total_steps": total_steps, "accuracy": accuracy,
+               "majority_baseline": majority, "eval_examples": len(eval_set), "train_examples": len(train_set),
+               "labels": inputs.names, "train_loss": result.last.get("loss")}
+    write_text(os.path.join(args.output, "eval.json"), json.dumps(summary, indent=2) + "\n")
+    print(f"finetune: step {result.position.step}/{total_steps} held-out accuracy {accuracy:.4f} on "
+          f"{len(eval_set)} examples (majority class {majority:.4f}), tokens/s {result.tokens_per_s:,.0f} "
+          f"ranks {dist_info.world_size}{'' if result.in_sync else ' (REPLICAS DIVERGED)'} -> {args.output}")
 
-    def load_model():
-        try:
-            return BertForSequenceClassification.from_pretrained(
-                model_dir, attn_implementation=attn, num_labels=len(names), id2label=id2label,
-                label2id={n: i for i, n in enumerate(names)})
-        except (ValueError, OSError) as exc:
-            raise T.CLIError(f"--model {args.model!r}: {exc}") from None
 
-    T.seed_everything(args.seed)  # the classifier's fresh init
-    model = T.check_on_all_ranks(load_model, dist_info)
-    if checkpoint is not None:
-        def check_resume():
-            T.compare_run_config(T.comparable_config(checkpoint["config"]), T.comparable_config(model.config.to_dict()),
-                                 resume_path)
-            T.compare_run_config(checkpoint["run"], run_config, resume_path)
-        T.check_on_all_ranks(check_resume, dist_info)
+def run(args) -> int:
+    from .data import SpecialTokens
 
-    # ---- build ---------------------------------------------------------------------------------------------------
-    ddp_model, optimizer, scheduler, position = T.prepare_training(model, checkpoint, args, dist_info, warmup,
-                                                                   total_steps)
+    _check_args(args)
+    dist_info = setup_distributed(args.device)
+    source = resume_source(args)
+    inputs = check_on_all_ranks(lambda: _validate(args, source), dist_info)
+    train_set, eval_set = _datasets(args, inputs)
+    batches = EpochBatches(len(train_set), args.batch_size, seed=args.seed, rank=dist_info.rank,
+                           world_size=dist_info.world_size)
+    total_steps = total_steps_for(args, batches)
+    warmup = resolve_warmup(args.warmup_steps, args.warmup_ratio, total_steps)
+    run_config = _run_config(args, inputs, dist_info.world_size, total_steps, warmup)
 
-    collator = ClassificationCollator(special.pad_token_id, args.packed)
-    log_path = T.prepare_log(args.output, checkpoint is not None, position, dist_info)
-
-    def on_checkpoint(pos, rng_states):
-        T.save_checkpoint(os.path.join(args.output, T.CHECKPOINT_NAME),
-                          T.checkpoint_state("finetune", model, optimizer, scheduler, pos, rng_states, model.config.to_dict(),
-                                             run_config, args))
-
-    autocast_dtype = T.autocast_dtype_for(device, args.precision)
-    loop = T.TrainLoop(model=model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,
-                       dist_info=dist_info, batches=batches,
-                       make_batches=lambda epoch, idx: T.make_loader(train_set, idx, collator, args.num_workers),
-                       compute=_compute(device), total_steps=total_steps, grad_accum=args.grad_accum,
-                       max_grad_norm=args.max_grad_norm, autocast_dtype=autocast_dtype, log_path=log_path,
-                       save_every=args.save_every, on_checkpoint=on_checkpoint, progress=not args.no_progress,
-                       accuracy_name="acc", desc="finetune")
-    if position.step < total_steps:
-        position = loop.run(position, stop_after=args.stop_after)
-    in_sync = T.replicas_in_sync(model, dist_info)
+    seed_everything(args.seed)  # the classifier's fresh init
+    model = check_on_all_ranks(lambda: _load_model(args, inputs, dist_info.device), dist_info)
+    if inputs.checkpoint is not None:
+        check_on_all_ranks(lambda: _check_resume(inputs.checkpoint, source.path, model, run_config), dist_info)
+    collator = ClassificationCollator(SpecialTokens.from_vocab(inputs.tokens).pad_token_id, args.packed)
+    result = fit(TrainingJob(
+        kind="finetune", model=model, checkpoint=inputs.checkpoint, args=args, dist_info=dist_info,
+        batches=batches, make_batches=lambda epoch, idx: make_loader(train_set, idx, collator, args.num_workers),
+        compute=_compute(dist_info.device), total_steps=total_steps, warmup=warmup, config=model.config.to_dict(),
+        run_config=run_config, accuracy_name="acc"))
     if dist_info.is_main:
-        T.export_pretrained(model, args.output, tokens, {"do_lower_case": lowercase})
-        accuracy = evaluate(model, eval_set, collator, args.eval_batch_size, device, autocast_dtype)
-        majority = max(np.bincount(eval_set.labels, minlength=len(names))) / len(eval_set)
-        result = {"step": position.step, "total_steps": total_steps, "accuracy": accuracy,
-                  "majority_baseline": majority, "eval_examples": len(eval_set), "train_examples": len(train_set),
-                  "labels": names, "train_loss": loop.last.get("loss")}
-        T.atomic_write(os.path.join(args.output, "eval.json"),
-                       lambda tmp: open(tmp, "w", encoding="utf-8").write(json.dumps(result, indent=2) + "\n"))
-        print(f"finetune: step {position.step}/{total_steps} held-out accuracy {accuracy:.4f} on {len(eval_set)} "
-              f"examples (majority class {majority:.4f}), tokens/s {loop.tokens_per_s:,.0f} "
-              f"ranks {dist_info.world_size}{'' if in_sync else ' (REPLICAS DIVERGED)'} -> {args.output}")
-    T.barrier(dist_info)
-    return 0 if in_sync else 1
+        _report(args, inputs, model, train_set, eval_set, collator, result, total_steps, dist_info)
+    barrier(dist_info)
+    return 0 if result.in_sync else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return T.run_cli(PROG, lambda: run(args))
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

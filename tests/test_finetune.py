@@ -12,7 +12,7 @@ import torch
 from fastbert import BertForSequenceClassification
 from fastbert.finetune import main as finetune
 from fastbert.pretrain import main as pretrain
-from fastbert.training import CHECKPOINT_NAME, LOG_NAME, read_log
+from fastbert.training.checkpoint import CHECKPOINT_NAME, LOG_NAME, read_log
 
 REPO = Path(__file__).resolve().parents[1]
 

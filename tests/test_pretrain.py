@@ -17,7 +17,7 @@ import torch
 
 from fastbert import BertForPreTraining, BertForSequenceClassification
 from fastbert.pretrain import main
-from fastbert.training import CHECKPOINT_NAME, LOG_NAME, read_log
+from fastbert.training.checkpoint import CHECKPOINT_NAME, LOG_NAME, read_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
@@ -215,7 +215,7 @@ def test_fresh_run_over_checkpoint_or_bad_resume_refused(corpus, finished_run, t
     _expect_error(capsys, base_args(corpus, finished_run), "already holds a checkpoint", "--resume")
     _expect_error(capsys, base_args(corpus, tmp_path / "fresh", "--resume"), "no checkpoint")
     garbage = _write(tmp_path / "garbage.pt", "not a checkpoint")
-    _expect_error(capsys, base_args(corpus, finished_run, "--resume", str(garbage)), "not a readable")
+    _expect_error(capsys, base_args(corpus, finished_run, "--resume", str(garbage)), "cannot be verified")
     assert _snapshot(finished_run) == before
     assert not (tmp_path / "fresh").exists()
 
