@@ -29,7 +29,7 @@ from .training.cli import add_common_args, check_common_args, check_input_file, 
 from .training.determinism import EpochBatches, make_loader, seed_everything
 from .training.distributed import DistInfo, barrier, check_on_all_ranks, setup_distributed
 from .training.errors import CLIError, reason
-from .training.loop import (FitResult, TrainingJob, autocast_dtype_for, default_attn, fit, resolve_warmup,
+from .training.loop import (FitResult, TrainingJob, autocast_dtype_for, fit, resolve_warmup,
                             total_steps_for)
 
 PROG = "python -m fastbert.finetune"
@@ -274,7 +274,7 @@ def _load_model(args, inputs: _Inputs, device: torch.device):
     names = inputs.names
     try:
         model = BertForSequenceClassification.from_pretrained(
-            inputs.model_dir, attn_implementation=args.attn or default_attn(device), num_labels=len(names),
+            inputs.model_dir, attn_implementation=args.attn, num_labels=len(names),
             id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise CLIError(f"--model {args.model!r}: the weights file is truncated or corrupted ({reason(exc)})") from None

@@ -29,7 +29,7 @@ from .training.cli import add_common_args, check_common_args, check_input_file, 
 from .training.determinism import EpochBatches, make_loader, seed_everything
 from .training.distributed import DistInfo, broadcast_object, check_on_all_ranks, setup_distributed
 from .training.errors import CLIError, reason
-from .training.loop import TrainingJob, default_attn, fit, resolve_warmup, total_steps_for
+from .training.loop import TrainingJob, fit, resolve_warmup, total_steps_for
 
 PRESETS = {
     "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
@@ -135,7 +135,7 @@ def _vocab_tokens(args, texts: list[str], checkpoint: dict | None, dist_info: Di
     return broadcast_object(tokens, dist_info)
 
 
-def _model_config(args, special, device: torch.device):
+def _model_config(args, special):
     from .config import BertConfig
 
     if args.config is not None:
@@ -147,7 +147,7 @@ def _model_config(args, special, device: torch.device):
     else:
         config = BertConfig(**PRESETS[args.preset])
     config = config.replace(vocab_size=special.vocab_size, pad_token_id=special.pad_token_id,
-                            attn_implementation=args.attn or default_attn(device))
+                            attn_implementation=args.attn)
     if config.max_position_embeddings < args.max_seq_len:
         raise CLIError(f"--max-seq-len {args.max_seq_len} exceeds the model's max_position_embeddings "
                        f"{config.max_position_embeddings}")
@@ -191,7 +191,7 @@ def _check_resume(checkpoint: dict, path: str, config, tokens: list[str], run_co
 # training
 # ----------------------------------------------------------------------------------------------------------------
 def _compute(device: torch.device):
-    from .data import IGNORE_INDEX
+    from .config import IGNORE_INDEX
 
     def compute(model, batch):
         inputs = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
@@ -222,8 +222,7 @@ def run(args) -> int:
 
     texts, checkpoint = check_on_all_ranks(validate, dist_info)
     tokens = check_on_all_ranks(lambda: _vocab_tokens(args, texts, checkpoint, dist_info), dist_info)
-    config = check_on_all_ranks(lambda: _model_config(args, _check_vocab(tokens, "the vocabulary"),
-                                                      dist_info.device), dist_info)
+    config = check_on_all_ranks(lambda: _model_config(args, _check_vocab(tokens, "the vocabulary")), dist_info)
     dataset = check_on_all_ranks(lambda: _build_dataset(args, texts, tokens), dist_info)
     batches = EpochBatches(len(dataset), args.batch_size, seed=args.seed, rank=dist_info.rank,
                            world_size=dist_info.world_size)

@@ -550,7 +550,12 @@ def _add_classifier(model: BertPreTrainedModel, add_pooling_layer: bool) -> None
 
 
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy over the labelled positions; 0 (not NaN, as a plain mean would give) when a batch has none,
+    which short sequences with independently drawn masks can."""
+    labels = labels.reshape(-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels, ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def _mlm_logits_and_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor | None,

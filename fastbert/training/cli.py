@@ -77,8 +77,8 @@ def add_common_args(parser, *, default_lr: float, default_batch: int, default_se
                         "the next one stops the run with exit code 3 (default 0: stop at the first)")
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--attn", choices=("eager", "sdpa", "fused"), default=None,
-                   help="attention implementation (default: fused on CUDA, sdpa on CPU)")
+    g.add_argument("--attn", choices=("auto", "eager", "sdpa", "fused"), default="auto",
+                   help="path: auto = fastbert.ops.choose_path's pick for the device (fused on CUDA, sdpa on CPU)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--packed", action="store_true", help="padding-free batches (cu_seqlens) instead of padding")

@@ -101,11 +101,6 @@ def autocast_dtype_for(device: torch.device, precision: str) -> torch.dtype | No
     return None
 
 
-def default_attn(device: torch.device) -> str:
-    """Fused Triton kernels on CUDA; PyTorch SDPA on CPU (the fused path would only fall back to references)."""
-    return "fused" if device.type == "cuda" else "sdpa"
-
-
 def prepare_training(model: torch.nn.Module, checkpoint: dict[str, Any] | None, args, dist_info: DistInfo,
                      warmup: int, total_steps: int):
     """Move ``model`` to the run's device, wrap it for DDP, build AdamW + the warmup/linear-decay schedule, and
