@@ -7,20 +7,25 @@ tokens (``tflops``) and on the padded shape (``tflops_padded``).
 
 Providers (each guarded: one that cannot run here gets a row with the reason in ``note``):
 
-* ``fastbert-padded`` ``fastbert.ops.attention`` with ``attention_mask``; ``fastbert-packed`` the same tokens packed,
-  with ``cu_seqlens``;
-* ``eager`` HF's matmul/softmax attention (``reference.eager_attention``), the 5x target's baseline;
-* ``sdpa-efficient``, ``sdpa-cudnn``, ``sdpa-math``: ``reference.sdpa_attention`` (additive padding mask) pinned to
-  each SDPA backend that accepts a mask;
-* ``sdpa-flash-jagged``: SDPA's flash backend on the unpadded tokens as a jagged nested tensor;
-* ``flex``: compiled FlexAttention with a padding BlockMask (query and key padding, so it skips padded blocks).
+* ``fastbert-padded`` ``fastbert.ops.attention`` with ``attention_mask``; ``fastbert-packed`` the same tokens packed
+  with ``fastbert.ops.padding`` (``cu_seqlens``). Timed where the Triton kernels run compiled; elsewhere the note is
+  the reason ``fastbert._backend.why_not_triton`` gives (``harness.require_fused``);
+* ``eager`` HF's matmul/softmax attention, ``fastbert.ops.reference.eager_attention`` (the path table's "eager"
+  entry), the 5x target's baseline;
+* ``sdpa-efficient``, ``sdpa-cudnn``, ``sdpa-math``: ``fastbert.ops.reference.sdpa_attention`` (the "sdpa" entry,
+  additive padding mask) pinned to each SDPA backend that accepts a mask;
+* ``sdpa-flash-jagged``: torch SDPA's flash backend on the unpadded tokens as a jagged nested tensor (CUDA);
+* ``flex``: compiled FlexAttention with a padding BlockMask (query and key padding, so it skips padded blocks; CUDA).
 
-CUDA: bf16, batch {32, 128} x seqlen {128, 512} x lengths {imdb, full}. CPU: a small fp32 smoke run of the torch
-providers (the Triton providers need CUDA: the interpreter is not a speed path).
+Timing, steps and guards: ``benchmarks/harness.py``. CUDA: bf16, batch {32, 128} x seqlen {128, 512} x lengths
+{imdb, full}. CPU: a small fp32 smoke run of the torch providers.
+
+    python benchmarks/run.py --only attention [--quick]     # or: python benchmarks/bench_attention.py
+    pytest benchmarks/bench_attention.py                     # pytest-benchmark, small shapes
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 
 import torch
 
@@ -49,54 +54,47 @@ def _sdpa_backend(name: str):
     backend = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": getattr(SDPBackend, "CUDNN_ATTENTION", None),
                "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}[name]
     if backend is None:
-        raise Unavailable(f"no SDPA {name} backend in torch {torch.__version__}")
+        raise harness.Unavailable(f"no SDPA {name} backend in torch {torch.__version__}")
     return sdpa_kernel(backend)
 
 
 _flex_compiled = None
 
 
-class Unavailable(RuntimeError):
-    """A provider that cannot run on this device or torch build (reported in the row's note)."""
-
-
-def _make_provider(provider: str, q, k, v, mask, lengths, device):
-    """-> (fn(q, k, v) -> out, (q, k, v) inputs to differentiate, a context manager) for one provider."""
+def _make_case(provider: str, q, k, v, mask, lengths, device) -> harness.Case:
+    """One provider on padded q, k, v [batch, seqlen, heads, head_dim] (packed providers differentiate their own
+    packed copies of the same tokens)."""
     from fastbert.ops import padding, reference
 
-    cuda = device.type == "cuda"
     if provider.startswith("fastbert"):
-        if not cuda:
-            raise Unavailable("needs CUDA (Triton kernels)")
+        harness.require_fused(q)
         from fastbert.ops import attention
 
         if provider == "fastbert-padded":
-            return (lambda q, k, v: attention(q, k, v, attention_mask=mask)), (q, k, v), contextlib.nullcontext
+            return harness.Case(lambda: attention(q, k, v, attention_mask=mask), (q, k, v))
         cu = padding.seqlens_to_cu_seqlens(lengths).to(device)
         max_seqlen = int(lengths.max())
-        packed = [padding.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v)]
-        return (lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=max_seqlen)), packed, contextlib.nullcontext
+        pq, pk, pv = (padding.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v))
+        return harness.Case(lambda: attention(pq, pk, pv, cu_seqlens=cu, max_seqlen=max_seqlen), (pq, pk, pv))
     if provider == "eager":
-        return (lambda q, k, v: reference.eager_attention(q, k, v, attention_mask=mask)), (q, k, v), contextlib.nullcontext
+        return harness.Case(lambda: reference.eager_attention(q, k, v, attention_mask=mask), (q, k, v))
     if provider.startswith("sdpa-") and provider != "sdpa-flash-jagged":
         backend = provider.split("-", 1)[1]
-        return ((lambda q, k, v: reference.sdpa_attention(q, k, v, attention_mask=mask)), (q, k, v),
-                lambda: _sdpa_backend(backend))
+        return harness.Case(lambda: reference.sdpa_attention(q, k, v, attention_mask=mask), (q, k, v),
+                            lambda: _sdpa_backend(backend))
     if provider == "sdpa-flash-jagged":
-        if not cuda:
-            raise Unavailable("needs CUDA (flash backend)")
+        harness.require_cuda(device, "flash backend")
         offsets = padding.seqlens_to_cu_seqlens(lengths).to(device).long()
-        values = [padding.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v)]  # [T, H, D]
+        values = tuple(padding.padded_to_packed(t.detach(), mask).requires_grad_() for t in (q, k, v))  # [T, H, D]
 
-        def jagged(q, k, v):
-            nq, nk, nv = (torch.nested.nested_tensor_from_jagged(t, offsets) for t in (q, k, v))  # [B, j, H, D]
+        def jagged():
+            nq, nk, nv = (torch.nested.nested_tensor_from_jagged(t, offsets) for t in values)  # [B, j, H, D]
             out = torch.nn.functional.scaled_dot_product_attention(nq.transpose(1, 2), nk.transpose(1, 2), nv.transpose(1, 2))
             return out.transpose(1, 2).values()  # [T, H, D]
 
-        return jagged, values, lambda: _sdpa_backend("flash")
+        return harness.Case(jagged, values, lambda: _sdpa_backend("flash"))
     if provider == "flex":
-        if not cuda:
-            raise Unavailable("needs CUDA (compiled FlexAttention)")
+        harness.require_cuda(device, "compiled FlexAttention")
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         global _flex_compiled
@@ -104,18 +102,31 @@ def _make_provider(provider: str, q, k, v, mask, lengths, device):
             _flex_compiled = torch.compile(flex_attention, dynamic=False)
         keep = mask.bool()
 
-        def padding(b, h, q_idx, kv_idx):
+        def real_query_and_key(b, h, q_idx, kv_idx):
             return keep[b, q_idx] & keep[b, kv_idx]
 
         batch, seqlen = mask.shape
-        block_mask = create_block_mask(padding, batch, None, seqlen, seqlen, device=device)
+        block_mask = create_block_mask(real_query_and_key, batch, None, seqlen, seqlen, device=device)
 
-        def flex(q, k, v):
+        def flex():
             out = _flex_compiled(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
             return out.transpose(1, 2)
 
-        return flex, (q, k, v), contextlib.nullcontext
+        return harness.Case(flex, (q, k, v))
     raise ValueError(f"unknown provider {provider!r}")
+
+
+def _inputs(batch: int, seqlen: int, kind: str, device: torch.device, dtype: torch.dtype):
+    """-> q, k, v [batch, seqlen, HEADS, HEAD_DIM] (requiring grad), right-padding mask, lengths."""
+    if kind == "imdb":
+        lengths = harness.imdb_like_lengths(batch, seqlen, seed=seqlen)
+    else:
+        lengths = torch.full((batch,), seqlen, dtype=torch.long)
+    mask = harness.lengths_to_mask(lengths, seqlen).to(device)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, seqlen, HEADS, HEAD_DIM, generator=g).to(device, dtype).requires_grad_()
+               for _ in range(3))
+    return q, k, v, mask, lengths
 
 
 def _shapes(cuda: bool, quick: bool):
@@ -128,113 +139,48 @@ def _shapes(cuda: bool, quick: bool):
 
 def run(device: torch.device | None = None, quick: bool = False) -> list[dict]:
     device = torch.device(device or harness.default_device())
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = harness.bench_dtype(device)
     rows: list[dict] = []
-    for batch, seqlen, kind in _shapes(cuda, quick):
-        if kind == "imdb":
-            lengths = harness.imdb_like_lengths(batch, seqlen, seed=seqlen)
-        else:
-            lengths = torch.full((batch,), seqlen, dtype=torch.long)
-        mask = harness.lengths_to_mask(lengths, seqlen).to(device)
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(batch, seqlen, HEADS, HEAD_DIM, generator=g).to(device, dtype).requires_grad_()
-                   for _ in range(3))
+    for batch, seqlen, kind in _shapes(device.type == "cuda", quick):
+        q, k, v, mask, lengths = _inputs(batch, seqlen, kind, device, dtype)
+        padded = torch.full((batch,), seqlen, dtype=torch.long)
         for provider in PROVIDERS:
             for mode in ("fwd", "fwd+bwd"):
                 row = {"bench": "attention", "provider": provider, "mode": mode,
                        "shape": f"{batch}x{seqlen}x{HEADS}x{HEAD_DIM}", "lengths": kind,
-                       "real_tokens": int(lengths.sum()), "dtype": str(dtype).replace("torch.", "")}
+                       "real_tokens": int(lengths.sum()), "dtype": harness.dtype_name(dtype)}
                 if kind == "imdb" and batch == 32:  # the plotted series: the issue's target shape vs seqlen
                     row["max_len"] = seqlen
                 rows.append(row)
-                try:
-                    _measure(row, provider, mode, q, k, v, mask, lengths, device, batch, seqlen)
-                except Unavailable as exc:
-                    row["note"] = str(exc)
-                except Exception as exc:  # a backend that rejects this input (e.g. SDPA: "No viable backend")
-                    first_line = (str(exc).splitlines() or [""])[0]
-                    row["note"] = f"{type(exc).__name__}: {first_line[:70]}"
-                if "note" in row:
-                    for key in ("ms", "ms_p20", "ms_p80", "tflops", "tflops_padded", "peak_mem_mb"):
-                        row.pop(key, None)
-                if cuda:
-                    torch.cuda.empty_cache()
+                with harness.noted(row):
+                    case = _make_case(provider, q, k, v, mask, lengths, device)
+                    t = harness.time_op(case, mode, device, warmup_ms=100, rep_ms=500, cpu_rep_ms=200, memory=True)
+                    seconds = t["ms"] * 1e-3
+                    row.update(t)
+                    row["tflops"] = attention_flops(lengths, HEADS, HEAD_DIM, mode) / seconds / 1e12
+                    row["tflops_padded"] = attention_flops(padded, HEADS, HEAD_DIM, mode) / seconds / 1e12
+                harness.release(device)
     harness.add_speedups(rows, "eager", group=("shape", "lengths", "mode"))
     return rows
 
 
-def _measure(row, provider, mode, q, k, v, mask, lengths, device, batch, seqlen):
+# ----------------------------------------------------------------------------------------------------------------
+# pytest-benchmark entry points (small shapes; `pytest benchmarks/bench_attention.py`)
+# ----------------------------------------------------------------------------------------------------------------
+def _small_case(provider: str, device: torch.device) -> harness.Case:
     cuda = device.type == "cuda"
-    fn, inputs, ctx = _make_provider(provider, q, k, v, mask, lengths, device)
-    with ctx():
-        with torch.no_grad():
-            out = fn(*inputs)  # also the first call: compiles / autotunes outside the timing
-        dout = torch.randn_like(out)
-        if mode == "fwd":
-            def step():
-                with torch.no_grad():
-                    fn(*inputs)
-        else:
-            def step():
-                torch.autograd.grad(fn(*inputs), inputs, dout)
-        step()
-        t = harness.bench_fn(step, device, warmup_ms=100 if cuda else 0, rep_ms=500 if cuda else 200)
-        row.update(t)
-        row["tflops"] = attention_flops(lengths, HEADS, HEAD_DIM, mode) / (t["ms"] * 1e-3) / 1e12
-        padded = torch.full((batch,), seqlen, dtype=torch.long)
-        row["tflops_padded"] = attention_flops(padded, HEADS, HEAD_DIM, mode) / (t["ms"] * 1e-3) / 1e12
-        row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
+    batch, seqlen = (32, 512) if cuda else (2, 64)
+    q, k, v, mask, lengths = _inputs(batch, seqlen, "imdb", device, harness.bench_dtype(device))
+    return _make_case(provider, q, k, v, mask, lengths, device)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# pytest-benchmark entry points (small shapes; the fastbert ones need CUDA)
-# ----------------------------------------------------------------------------------------------------------------
-def _bench_case(benchmark, provider, mode):
-    import pytest
-
-    device = harness.default_device()
-    if provider.startswith("fastbert") and device.type != "cuda":
-        pytest.skip("fastbert's Triton kernels are timed on CUDA only (the interpreter is not a speed path)")
-    batch, seqlen = (32, 512) if device.type == "cuda" else (2, 64)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    lengths = harness.imdb_like_lengths(batch, seqlen, seed=seqlen)
-    mask = harness.lengths_to_mask(lengths, seqlen).to(device)
-    q, k, v = (torch.randn(batch, seqlen, HEADS, HEAD_DIM, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    fn, inputs, ctx = _make_provider(provider, q, k, v, mask, lengths, device)
-    with ctx():
-        dout = torch.randn_like(fn(*inputs))
-
-        def step():
-            if mode == "fwd":
-                with torch.no_grad():
-                    fn(*inputs)
-            else:
-                torch.autograd.grad(fn(*inputs), inputs, dout)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        benchmark(step)
+pytest_generate_tests = harness.pytest_cases("provider, mode", [
+    ("eager", "fwd"), ("eager", "fwd+bwd"), ("fastbert-padded", "fwd"), ("fastbert-padded", "fwd+bwd"),
+    ("fastbert-packed", "fwd+bwd")])
 
 
-def test_attention_eager_fwd(benchmark):
-    _bench_case(benchmark, "eager", "fwd")
-
-
-def test_attention_eager_fwd_bwd(benchmark):
-    _bench_case(benchmark, "eager", "fwd+bwd")
-
-
-def test_attention_fastbert_padded_fwd(benchmark):
-    _bench_case(benchmark, "fastbert-padded", "fwd")
-
-
-def test_attention_fastbert_padded_fwd_bwd(benchmark):
-    _bench_case(benchmark, "fastbert-padded", "fwd+bwd")
-
-
-def test_attention_fastbert_packed_fwd_bwd(benchmark):
-    _bench_case(benchmark, "fastbert-packed", "fwd+bwd")
+def test_attention(benchmark, provider, mode):
+    harness.pytest_benchmark(benchmark, functools.partial(_small_case, provider), mode)
 
 
 def main() -> None:

@@ -4,15 +4,21 @@ Part 1 ("encoder"): BertModel forward and forward+backward per attention backend
 Part 2 ("pretrain"): one BertForPreTraining training step (MLM + NSP loss, backward, AdamW step; bf16 autocast on
 CUDA) for fastbert's fused padding-free path (padded batch unpadded inside, and the collator's packed batch), the
 eager/sdpa paths and HF's BertForPreTraining eager/sdpa (+ torch.compile on CUDA); real tokens/s and MFU counted
-on real tokens. Part 3 ("unpad sweep"): padded vs internally unpadded forward at several padding fractions, the
-measurement behind BertModel.UNPAD_MIN_PADDING.
+on real tokens. Part 3 ("unpad sweep"): padded vs internally unpadded forward at several padding fractions on the
+path "auto" picks here, the measurement behind ``fastbert.ops.dispatch.UNPAD_MIN_PADDING``.
+
+Policy and baselines: a ``fastbert-<impl>`` provider is ``BertConfig(attn_implementation=impl)``, and what that runs
+is ``fastbert.ops.choose_path(impl, device)``'s answer, asked through ``harness.fastbert_path``: a "fused" path whose
+Triton kernels cannot run compiled here is reported as skipped with ``fastbert._backend.why_not_triton``'s reason.
+Whether a padded batch runs padding-free is the model's own ``Path.unpads`` rule (``model.unpad``); the rows say
+when it does. The peers are transformers' BertModel / BertForPreTraining (eager, sdpa, torch.compile) with the same
+weights. Packed batches are built with ``fastbert.ops.padding``; timing in ``benchmarks/harness.py``.
 
 Workload: a variable-length batch whose lengths follow IMDb reviews under WordPiece (see harness.imdb_like_lengths),
 padded to the batch's max length as a DataLoader would. Figures are counted on real (non-padding) tokens.
 
 CUDA: BERT-base, bf16 (forward: bf16 weights under no_grad; forward+backward: fp32 weights under bf16 autocast),
-batch 32, max length 128 and 512. CPU: a MiniLM-sized model in fp32 at batch 8 (a smoke-scale run: the Triton
-"fused" path needs CUDA and is reported as skipped there).
+batch 32, max length 128 and 512. CPU: a MiniLM-sized model in fp32 at batch 8 (a smoke-scale run).
 """
 from __future__ import annotations
 
@@ -67,11 +73,21 @@ def _providers(device: torch.device) -> list[str]:
     return names
 
 
-def _build(provider: str, config_kwargs: dict, device: torch.device, state_dict=None):
+def _note_unpadding(row: dict, net, mask: torch.Tensor) -> None:
+    """Say in the row when a fastbert model runs this padded batch padding-free: its own rule decides
+    (``Path.unpads`` with ``model.unpad``), asked here with the same arguments."""
+    bert = getattr(net, "bert", net)
+    if row["provider"].startswith("fastbert") and bert.path.unpads(int(mask.sum()), mask.numel(), bert.unpad):
+        row["note"] = f"unpadded inside ({bert.path.name} path rule)"
+
+
+def _build(provider: str, config_kwargs: dict, device: torch.device, ids: torch.Tensor, state_dict=None):
+    """The model of ``provider``; raises harness.Unavailable for a fastbert path that cannot be timed here."""
     import fastbert
 
     family, impl = provider.split("-", 1)
     if family == "fastbert":
+        harness.fastbert_path(impl, device, ids)
         model = fastbert.BertModel(fastbert.BertConfig(**config_kwargs, attn_implementation=impl))
         model.check_inputs = False  # the benchmark feeds valid inputs; keep the validation sync out of the timing
     else:
@@ -92,7 +108,7 @@ def run_encoder(device: torch.device | None = None, quick: bool = False, model: 
     model = model or ("base" if cuda else "mini")
     batch = batch or (32 if cuda else 8)
     max_lens = max_lens or ((128, 512) if cuda else ((128,) if quick else (128, 512)))
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = harness.bench_dtype(device)
     config_kwargs = CONFIGS[model]
     rows: list[dict] = []
     reference_weights = None
@@ -104,35 +120,33 @@ def run_encoder(device: torch.device | None = None, quick: bool = False, model: 
         g = torch.Generator().manual_seed(1)
         ids = (torch.randint(1000, 30000, (batch, seqlen), generator=g).to(device) * mask)
         row = {"bench": "bert", "part": "encoder", "provider": provider, "mode": mode, "shape": f"{model} {batch}x{seqlen}", "max_len": max_len,
-               "real_tokens": int(lengths.sum()), "dtype": str(dtype).replace("torch.", "")}
+               "real_tokens": int(lengths.sum()), "dtype": harness.dtype_name(dtype)}
         rows.append(row)
-        if provider == "fastbert-fused" and not cuda:
-            row["note"] = "needs CUDA (Triton kernels)"
-            continue
-        net = _build(provider, config_kwargs, device, reference_weights)
-        if reference_weights is None:
-            reference_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        if mode == "fwd":
-            net = net.eval().to(dtype)
+        with harness.noted(row, failures=False):
+            net = _build(provider, config_kwargs, device, ids, reference_weights)
+            if reference_weights is None:
+                reference_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            if mode == "fwd":
+                net = net.eval().to(dtype)
 
-            def step():
-                with torch.no_grad():
-                    net(input_ids=ids, attention_mask=mask)
-        else:
-            net = net.train()
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+                def step():
+                    with torch.no_grad():
+                        net(input_ids=ids, attention_mask=mask)
+            else:
+                net = net.train()
+                autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
-            def step():
-                with autocast:
-                    out = net(input_ids=ids, attention_mask=mask)[0]
-                out.float().square().mean().backward()
-        t = harness.bench_fn(step, device, warmup_ms=200 if cuda else 0, rep_ms=1000 if cuda else 300)
-        row.update(t)
-        row["real_tokens_per_s"] = row["real_tokens"] / (t["ms"] / 1e3)
-        row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
-        del net
-        if cuda:
-            torch.cuda.empty_cache()
+                def step():
+                    with autocast:
+                        out = net(input_ids=ids, attention_mask=mask)[0]
+                    out.float().square().mean().backward()
+            t = harness.bench_fn(step, device, warmup_ms=200, rep_ms=1000, cpu_rep_ms=300)
+            row.update(t)
+            row["real_tokens_per_s"] = row["real_tokens"] / (t["ms"] / 1e3)
+            row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
+            _note_unpadding(row, net, mask)
+            del net
+        harness.release(device)
     harness.add_speedups(rows, "fastbert-eager")
     harness.add_speedups(rows, "hf-sdpa")
     return rows
@@ -143,9 +157,10 @@ PRETRAIN_PROVIDERS = ["fastbert-fused", "fastbert-fused-packed", "fastbert-sdpa"
 
 
 def _pretrain_batch(batch: int, max_len: int, device: torch.device, vocab: int = 30522):
-    """An IMDb-like MLM+NSP batch, padded and packed, with 15% labeled positions (computed on the host, as the
-    collator does, so no device sync is needed to find them)."""
+    """An IMDb-like MLM+NSP batch, padded and packed (``fastbert.ops.padding``), with 15% labeled positions
+    (computed on the host, as the collator does, so no device sync is needed to find them)."""
     from fastbert.models.bert import labeled_positions
+    from fastbert.ops import padding
 
     lengths = harness.imdb_like_lengths(batch, max_len, seed=max_len)
     seqlen = int(lengths.max())
@@ -153,12 +168,12 @@ def _pretrain_batch(batch: int, max_len: int, device: torch.device, vocab: int =
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(1000, vocab, (batch, seqlen), generator=g) * mask
     labels = torch.where((torch.rand(batch, seqlen, generator=g) < 0.15) & mask.bool(), ids, -100)
-    real = mask.bool()
     padded = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), labels=labels,
                   next_sentence_label=torch.randint(0, 2, (batch,), generator=g))
-    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
-    packed = dict(input_ids=ids[real], token_type_ids=torch.zeros_like(ids[real]), labels=labels[real],
-                  cu_seqlens=cu, max_seqlen=seqlen, next_sentence_label=padded["next_sentence_label"])
+    packed_ids = padding.padded_to_packed(ids, mask)
+    packed = dict(input_ids=packed_ids, token_type_ids=torch.zeros_like(packed_ids),
+                  labels=padding.padded_to_packed(labels, mask), cu_seqlens=padding.seqlens_to_cu_seqlens(lengths),
+                  max_seqlen=seqlen, next_sentence_label=padded["next_sentence_label"])
     padded_positions, packed_positions = labeled_positions(labels), labeled_positions(packed["labels"])
     to = lambda d: {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in d.items()}  # noqa: E731
     return lengths, to(padded), to(packed), padded_positions.to(device), packed_positions.to(device)
@@ -183,66 +198,60 @@ def run_pretrain(device: torch.device, quick: bool = False, model: str | None = 
         row = {"bench": "bert", "part": "pretrain", "provider": provider, "mode": "train step",
                "shape": f"{model} {batch}x{int(lengths.max())}", "max_len": max_len, "real_tokens": int(lengths.sum())}
         rows.append(row)
-        if provider.startswith("fastbert-fused") and not cuda:
-            row["note"] = "needs CUDA (Triton kernels)"
-            continue
-        if provider.endswith("compile") and not cuda:
-            row["note"] = "CUDA only (compile time dominates a CPU smoke run)"
-            continue
-        if provider.startswith("fastbert"):
-            impl = provider.split("-")[1]
-            net = fastbert.BertForPreTraining(fastbert.BertConfig(**config_kwargs, attn_implementation=impl))
-            net.bert.check_inputs = False
-            inputs = dict(packed, masked_positions=pack_pos) if provider.endswith("packed") else dict(
-                padded, masked_positions=pad_pos)
-        else:
-            import transformers
+        with harness.noted(row):
+            family, impl = provider.split("-")[:2]
+            if provider.endswith("compile"):
+                harness.require_cuda(device, "compile time dominates a CPU smoke run")
+            if family == "fastbert":
+                harness.fastbert_path(impl, device, padded["input_ids"])
+                net = fastbert.BertForPreTraining(fastbert.BertConfig(**config_kwargs, attn_implementation=impl))
+                net.bert.check_inputs = False
+                inputs = dict(packed, masked_positions=pack_pos) if provider.endswith("packed") else dict(
+                    padded, masked_positions=pad_pos)
+            else:
+                import transformers
 
-            impl = provider.split("-")[1]
-            net = transformers.BertForPreTraining(fastbert.BertConfig(**config_kwargs).to_hf(attn_implementation=impl))
-            inputs = padded
-        net.load_state_dict(init, strict=False)
-        net = net.to(device).train()
-        fwd = torch.compile(net) if provider.endswith("compile") else net
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+                net = transformers.BertForPreTraining(fastbert.BertConfig(**config_kwargs).to_hf(attn_implementation=impl))
+                inputs = padded
+            net.load_state_dict(init, strict=False)
+            net = net.to(device).train()
+            fwd = torch.compile(net) if provider.endswith("compile") else net
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
-        def step():
-            with autocast:
-                loss = fwd(**inputs).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            def step():
+                with autocast:
+                    loss = fwd(**inputs).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
-        try:
-            t = harness.bench_fn(step, device, warmup_ms=500 if cuda else 0, rep_ms=2000 if cuda else 300)
-        except Exception as exc:  # e.g. torch.compile unsupported here: report, never hide
-            row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-            continue
-        row.update(t)
-        row["real_tokens_per_s"] = row["real_tokens"] / (t["ms"] / 1e3)
-        row["mfu"] = pretrain_flops(config_kwargs, lengths) / (t["ms"] / 1e3) / peak if peak else None
-        row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
-        del net, opt, fwd
-        if cuda:
-            torch.cuda.empty_cache()
+            t = harness.bench_fn(step, device, warmup_ms=500, rep_ms=2000, cpu_rep_ms=300)
+            row.update(t)
+            row["real_tokens_per_s"] = row["real_tokens"] / (t["ms"] / 1e3)
+            row["mfu"] = pretrain_flops(config_kwargs, lengths) / (t["ms"] / 1e3) / peak if peak else None
+            row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
+            if "attention_mask" in inputs:
+                _note_unpadding(row, net, padded["attention_mask"])
+            del net, opt, fwd
+        harness.release(device)
     harness.add_speedups(rows, "fastbert-eager", group=("max_len",))
     harness.add_speedups(rows, "hf-sdpa", group=("max_len",))
     return rows
 
 
 def run_unpad_sweep(device: torch.device, quick: bool = False) -> list[dict]:
-    """Forward time padded vs unpadded inside the model, by padding fraction (same weights, same tokens)."""
+    """Forward time padded vs unpadded inside the model, by padding fraction (same weights, same tokens), on the
+    path ``choose_path("auto", device)`` picks; each row also says what that path's rule (``Path.unpads``) picks."""
     import fastbert
 
     cuda = device.type == "cuda"
     model = "base" if cuda else "mini"
-    impl = "fused" if cuda else "sdpa"
     batch, seqlen = (32, 512) if cuda else (8, 256)
-    net = fastbert.BertModel(fastbert.BertConfig(**CONFIGS[model], attn_implementation=impl)).to(device).eval()
+    net = fastbert.BertModel(fastbert.BertConfig(**CONFIGS[model], attn_implementation="auto"))
+    net = net.to(device, harness.bench_dtype(device)).eval()  # the model asks choose_path("auto", device) here
     net.check_inputs = False
-    if cuda:
-        net = net.to(torch.bfloat16)
+    path = net.path
     rows = []
     for padding in ((0.1, 0.3) if quick else (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)):
         lengths = torch.full((batch,), seqlen)
@@ -259,11 +268,12 @@ def run_unpad_sweep(device: torch.device, quick: bool = False) -> list[dict]:
                 with torch.no_grad():
                     net(ids, mask)
 
-            times[unpad] = harness.bench_fn(fwd, device, warmup_ms=100 if cuda else 0, rep_ms=500 if cuda else 300)["ms"]
-        rows.append({"bench": "bert", "part": "unpad sweep", "provider": f"fastbert-{impl}", "mode": "fwd",
+            times[unpad] = harness.bench_fn(fwd, device, warmup_ms=100, rep_ms=500, cpu_rep_ms=300)["ms"]
+        rule = "unpads" if path.unpads(int(lengths.sum()), mask.numel()) else "keeps padding"
+        rows.append({"bench": "bert", "part": "unpad sweep", "provider": f"fastbert-{path.name}", "mode": "fwd",
                      "shape": f"{model} {batch}x{seqlen} pad={frac:.2f}", "real_tokens": int(lengths.sum()),
                      "ms": times["always"], "note": f"padded {times['never']:.2f} ms -> unpadded {times['always']:.2f} ms "
-                                                     f"({times['never'] / times['always']:.2f}x)"})
+                                                     f"({times['never'] / times['always']:.2f}x); auto rule {rule}"})
     return rows
 
 

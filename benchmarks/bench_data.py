@@ -8,8 +8,11 @@ lengths (log-normal, median 226, mean 306, ~14% truncated at 512). Both collator
 labels tensors. The figure is real (non-padding) tokens per second over a full pass, median of several passes
 after a warm-up, measured in the same run for every provider (round-robin, see run()).
 
+No fastbert path is involved (collation runs on the host); the peer is transformers' collator. Timing is the
+round-robin of whole passes described in run() (not harness.bench_fn: load from other processes must hit every
+provider alike); the table comes from ``benchmarks/harness.py``. There is no pytest-benchmark entry point here.
+
     python benchmarks/bench_data.py [--quick]     # table
-    pytest benchmarks/bench_data.py               # pytest-benchmark
 """
 from __future__ import annotations
 
