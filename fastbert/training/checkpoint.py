@@ -67,10 +67,26 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     except OSError as exc:
         raise OutputError(f"could not write {path!r} ({exc.strerror or reason(exc)}); any previous version of it "
                           "is unchanged") from None
+    except Exception as exc:
+        if _cut_by_interrupt(exc):  # Ctrl-C inside the writer, whose clean-up then failed on the half-written file
+            raise KeyboardInterrupt from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(folder)
+
+
+def _cut_by_interrupt(exc: BaseException) -> bool:
+    """Did a KeyboardInterrupt start the chain of exceptions that ended in ``exc``? (torch.save's zip writer turns
+    an interrupt into a RuntimeError when it closes the torn file.)"""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def write_text(path: str, text: str) -> None:
@@ -180,7 +196,9 @@ class CheckpointFile:
             writer = _HashingWriter(f)
             try:
                 torch.save(state, writer)
-            except RuntimeError:
+            except RuntimeError as exc:
+                if _cut_by_interrupt(exc):  # Ctrl-C inside torch.save, whose zip writer then failed to close
+                    raise KeyboardInterrupt from None
                 if writer.error is not None:
                     raise writer.error from None
                 raise
