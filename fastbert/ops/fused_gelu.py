@@ -255,4 +255,5 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
     _check_args(x, bias, approximate)
     if not _backend.use_triton(x, bias, op="bias_gelu"):
         return bias_gelu_ref(x, bias, approximate)
-    return BiasGeluFn.apply(x, bias, approximate == "tanh")
+    # the kernels read bias with unit stride (a strided view gave wrong results); no copy when contiguous
+    return BiasGeluFn.apply(x, bias.contiguous() if bias is not None else None, approximate == "tanh")

@@ -361,4 +361,6 @@ def layer_norm(
     if not _backend.use_triton(x, weight, bias, residual, op="layer_norm"):
         return layer_norm_ref(x, weight, bias, eps, residual, dropout_p)
     seed = draw_seed(x.device) if dropout_p > 0.0 else None
+    # the kernels read weight and bias with unit stride (a strided view gave wrong results); no copy when contiguous
+    weight, bias = weight.contiguous(), (bias.contiguous() if bias is not None else None)
     return LayerNormFn.apply(x, weight, bias, residual, seed, float(eps), dropout_p)
