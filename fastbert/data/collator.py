@@ -26,7 +26,9 @@ MIN_TOKENS_PER_THREAD = int(_C.MIN_TOKENS_PER_THREAD)
 
 
 def _to_torch(out: dict) -> dict[str, Any]:
-    return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+    # never inference tensors (a batch made under torch.inference_mode must still train a model)
+    with torch.inference_mode(False):
+        return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
 
 
 def collate(input_ids: Sequence, token_type_ids: Sequence | None = None, *, pad_token_id: int = 0,
