@@ -32,7 +32,17 @@ Int64Array as_int64_array(const py::handle& obj, const std::string& name, int nd
   if (arr.ndim() != ndim)
     throw py::value_error(name + " must be " + std::to_string(ndim) + "-D, got " + std::to_string(arr.ndim()) +
                           "-D");
-  return Int64Array::ensure(arr);
+  if (kind == 'u' && arr.itemsize() == 8) {
+    // Int64Array::ensure returns a null array for uint64 input (using it crashed): convert here, refusing values
+    // that int64 cannot hold
+    if (arr.size() > 0 && py::int_(arr.attr("max")()).cast<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      throw py::value_error(name + " holds a value >= 2^63 (does not fit in int64)");
+    arr = arr.attr("astype")("int64");
+  }
+  Int64Array out = Int64Array::ensure(arr);
+  if (!out) throw py::type_error(name + " could not be converted to an int64 array (dtype " +
+                                 std::string(py::str(arr.dtype())) + ")");
+  return out;
 }
 
 // Optional 1-D int64 array of exactly `size` entries; None gives an empty array.

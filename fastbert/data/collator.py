@@ -26,7 +26,9 @@ MIN_TOKENS_PER_THREAD = int(_C.MIN_TOKENS_PER_THREAD)
 
 
 def _to_torch(out: dict) -> dict[str, Any]:
-    return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+    # never inference tensors (a batch made under torch.inference_mode must still train a model)
+    with torch.inference_mode(False):
+        return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
 
 
 def collate(input_ids: Sequence, token_type_ids: Sequence | None = None, *, pad_token_id: int = 0,
@@ -44,10 +46,28 @@ def collate(input_ids: Sequence, token_type_ids: Sequence | None = None, *, pad_
     if packed and pad_to_multiple_of:
         raise ValueError("pad_to_multiple_of applies to the padded layout only; packed=True has no padding")
     pad = check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1, allow_none=True) or 0
-    out = _C.collate(list(input_ids), None if token_type_ids is None else list(token_type_ids),
+    out = _C.collate(_as_list("input_ids", input_ids), None if token_type_ids is None else _as_list("token_type_ids", token_type_ids),
                      check_int("pad_token_id", pad_token_id, minimum=0), None, 0, None, pad, bool(packed),
                      check_int("num_threads", num_threads, minimum=0))
     return _to_torch(out)
+
+
+def _as_list(name: str, seqs) -> list:
+    try:
+        return list(seqs)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of 1-D integer sequences, got {type(seqs).__name__}") from None
+
+
+def _int_vector(name: str, values: list) -> np.ndarray:
+    """int64 [B] from one integer per example (TypeError naming the key otherwise; floats are not truncated)."""
+    try:
+        arr = np.asarray(values)
+    except ValueError:
+        arr = np.asarray(values, dtype=object)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise TypeError(f"every example's {name!r} must be one integer, got {values[:4]!r}...")
+    return arr.astype(np.int64)
 
 
 def _gather(examples: Sequence[Mapping[str, Any]], key: str) -> list:
@@ -55,6 +75,26 @@ def _gather(examples: Sequence[Mapping[str, Any]], key: str) -> list:
         return [ex[key] for ex in examples]
     except (KeyError, TypeError):
         raise ValueError(f"every example needs a {key!r} entry (the first one has it, or it is required)") from None
+
+
+def _check_special_ids(st: SpecialTokens, extra: tuple[int, ...]) -> None:
+    """Every special id is in the vocab, every special role has its own id, and extra_special_ids neither repeat
+    one another nor a role's id."""
+    roles = {name: getattr(st, f"{name}_token_id") for name in ("cls", "sep", "pad", "mask", "unk")}
+    vocab_size = check_int("special_tokens.vocab_size", st.vocab_size, minimum=1)
+    named = [(f"special_tokens.{name}_token_id", i) for name, i in roles.items()]
+    for name, i in named + [(f"extra_special_ids[{k}]", i) for k, i in enumerate(extra)]:
+        if not 0 <= check_int(name, i) < vocab_size:
+            raise ValueError(f"{name}={i} is outside [0, vocab_size={vocab_size})")
+    seen: dict[int, str] = {}
+    for name, i in roles.items():
+        if i in seen:
+            raise ValueError(f"special_tokens: {seen[i]}_token_id and {name}_token_id are both {i}")
+        seen[i] = name
+    for k, i in enumerate(extra):
+        if i in seen:
+            raise ValueError(f"extra_special_ids[{k}]={i} repeats {seen[i]}" + ("" if seen[i].startswith("extra") else "_token_id"))
+        seen[i] = f"extra_special_ids[{k}]"
 
 
 class MLMCollator:
@@ -96,7 +136,8 @@ class MLMCollator:
         self.continuation_table = None if continuation_table is None else np.asarray(continuation_table)
         self.exact_count = bool(exact_count)
         self.max_predictions_per_seq = max_predictions_per_seq
-        self.extra_special_ids = tuple(int(i) for i in extra_special_ids)
+        self.extra_special_ids = tuple(check_int(f"extra_special_ids[{i}]", s) for i, s in enumerate(extra_special_ids))
+        _check_special_ids(self.special_tokens, self.extra_special_ids)
         if packed and pad_to_multiple_of:
             raise ValueError("pad_to_multiple_of applies to the padded layout only; packed=True has no padding")
         self.pad_to_multiple_of = check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1, allow_none=True)
@@ -147,9 +188,9 @@ class MLMCollator:
             if "token_type_ids" in first:
                 token_types = _gather(examples, "token_type_ids")
             if "next_sentence_label" in first:
-                nsp = np.asarray(_gather(examples, "next_sentence_label"), dtype=np.int64)
+                nsp = _int_vector("next_sentence_label", _gather(examples, "next_sentence_label"))
             if SAMPLE_INDEX_KEY in first:
-                streams = np.asarray(_gather(examples, SAMPLE_INDEX_KEY), dtype=np.int64)
+                streams = _int_vector(SAMPLE_INDEX_KEY, _gather(examples, SAMPLE_INDEX_KEY))
         else:
             ids = list(examples)
         seed = _C.derive_seed(self.seed, self.epoch)

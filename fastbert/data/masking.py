@@ -108,4 +108,5 @@ def mask_tokens(input_ids, config=None, *, lengths=None, seed: int = 0, streams=
     num_threads = check_int("num_threads", num_threads, minimum=0)
     seed = check_int("seed", seed) & MASK64
     out_ids, labels = _C.mask_tokens(ids, config, lens, seed, strm, num_threads)
-    return torch.from_numpy(out_ids), torch.from_numpy(labels)
+    with torch.inference_mode(False):  # never inference tensors: a batch made under inference_mode must still train
+        return torch.from_numpy(out_ids), torch.from_numpy(labels)

@@ -301,10 +301,18 @@ class BertPreTrainedModel(nn.Module):
         loading.save_weights(self, os.fspath(path), set(self._tied_keys()))
 
 
-def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen):
-    """Validate shapes and dtypes on the host and all value ranges with one device->host transfer."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise ValueError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids))}")
+_INDEX_DTYPES = (torch.int64, torch.int32)  # what nn.Embedding takes as indices
+
+
+def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
+                  device: torch.device | None = None):
+    """Validate shapes, dtypes and devices on the host and all value ranges with one device->host transfer.
+    ``device``: the model's device (input_ids must be on it)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in _INDEX_DTYPES:
+        raise ValueError("input_ids must be an integer tensor (int64 or int32), got "
+                         f"{input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    if device is not None and input_ids.device != device:
+        raise ValueError(f"input_ids is on {input_ids.device} but the model is on {device}")
     packed = cu_seqlens is not None
     if packed:
         if input_ids.dim() != 1:
@@ -312,10 +320,14 @@ def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids,
         if attention_mask is not None:
             raise ValueError("attention_mask must be None with cu_seqlens (the packed form has no padding)")
         if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1:
-            raise ValueError("cu_seqlens must be a 1-D int32 tensor [batch + 1]")
+            got = f"{cu_seqlens.dtype} shape {tuple(cu_seqlens.shape)}" if isinstance(cu_seqlens, torch.Tensor) \
+                else type(cu_seqlens).__name__
+            raise ValueError(f"cu_seqlens must be a 1-D int32 tensor [batch + 1], got {got}")
+        if cu_seqlens.device != input_ids.device:
+            raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but input_ids is on {input_ids.device}")
         if cu_seqlens.numel() < 2:
             raise ValueError("cu_seqlens: empty batch (needs at least 2 entries)")
-        if not isinstance(max_seqlen, int) or max_seqlen < 0:
+        if not isinstance(max_seqlen, int) or isinstance(max_seqlen, bool) or max_seqlen < 0:
             raise ValueError(f"max_seqlen must be a non-negative int with cu_seqlens, got {max_seqlen!r}")
         if max_seqlen > config.max_position_embeddings:
             raise ValueError(
@@ -328,6 +340,9 @@ def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids,
         if input_ids.shape[1] > config.max_position_embeddings:
             raise ValueError(f"input_ids: sequence length {input_ids.shape[1]} exceeds "
                              f"max_position_embeddings={config.max_position_embeddings}")
+        if max_seqlen is not None and max_seqlen != input_ids.shape[1]:
+            raise ValueError(f"max_seqlen is for the packed layout (with cu_seqlens); got max_seqlen={max_seqlen!r} "
+                             f"with padded input_ids {tuple(input_ids.shape)}")
     if packed and input_ids.numel() == 0:
         raise ValueError("input_ids: empty batch (no tokens)")
     for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
@@ -337,8 +352,12 @@ def _check_inputs(config: BertConfig, input_ids, attention_mask, token_type_ids,
             raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.shape != input_ids.shape:
             raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(t.shape)}")
-        if name != "attention_mask" and (t.dtype.is_floating_point or t.dtype == torch.bool):
-            raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
+        if t.device != input_ids.device:
+            raise ValueError(f"{name} is on {t.device} but input_ids is on {input_ids.device}")
+        if name != "attention_mask" and t.dtype not in _INDEX_DTYPES:
+            raise ValueError(f"{name} must be an integer tensor (int64 or int32), got {t.dtype}")
+        if name == "attention_mask" and t.dtype.is_complex:
+            raise ValueError(f"attention_mask must be a bool, integer or float 0/1 mask, got {t.dtype}")
 
     checks: list[tuple[str, torch.Tensor]] = [
         (f"input_ids: token id outside [0, vocab_size={config.vocab_size})",
@@ -409,7 +428,10 @@ class BertModel(BertPreTrainedModel):
         (position_ids default to 0..len-1 per sequence). Outputs keep the input's layout."""
         compiling = torch.compiler.is_compiling()
         if self.check_inputs and not compiling:  # value checks need a host sync: skipped inside torch.compile graphs
-            _check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen)
+            _check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
+                          self.embeddings.word_embeddings.weight.device)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask != 0  # a float 0/1 mask (checked above): the fused ops take bool masks
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         unpadded = None
@@ -464,6 +486,8 @@ def first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch
         return hidden[:, 0]
     starts = cu_seqlens[:-1].long()
     empty = cu_seqlens[1:] == cu_seqlens[:-1]
+    if hidden.shape[0] == 0:  # no tokens at all (e.g. an all-padding batch, unpadded)
+        return hidden.new_zeros((starts.shape[0], hidden.shape[-1]))
     picked = hidden[starts.clamp(max=max(hidden.shape[0] - 1, 0))]  # [batch, hidden]
     return picked.masked_fill(empty[:, None], 0.0)
 

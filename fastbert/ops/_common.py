@@ -51,7 +51,8 @@ def check_dropout_p(op: str, dropout_p) -> float:
 
 
 def check_float_tensors(op: str, **tensors: torch.Tensor | None) -> None:
-    """Each named tensor (None allowed) is a floating-point torch.Tensor."""
+    """Each named tensor (None allowed) is a floating-point torch.Tensor, on the device of the first one."""
+    first = None
     for name, t in tensors.items():
         if t is None:
             continue
@@ -59,6 +60,10 @@ def check_float_tensors(op: str, **tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise ValueError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+        if first is None:
+            first = (name, t.device)
+        elif t.device != first[1]:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first[0]} is on {first[1]}")
 
 
 def rows(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -76,7 +76,7 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def _project_qkv(hidden, query: nn.Linear, key: nn.Linear, value: nn.Linear, heads: int):
-    heads_shape = hidden.shape[:-1] + (heads, -1)
+    heads_shape = hidden.shape[:-1] + (heads, query.out_features // heads)  # not -1: zero tokens must reshape too
     return tuple(proj(hidden).view(heads_shape) for proj in (query, key, value))  # [..., heads, head_dim] each
 
 
@@ -99,7 +99,8 @@ def _add_layer_norm(x, residual, ln: nn.LayerNorm, dropout_p: float):
 
 
 def _layer_norm(x, ln: nn.LayerNorm):
-    return ln(x)
+    # not ln(x): fastbert.patch gives the embeddings' LayerNorm a forward that calls this entry
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
 def _dense_act(x, dense: nn.Linear, act: str):
@@ -118,7 +119,8 @@ def _fused_kernels() -> Kernels:
         # one [3*hidden] GEMM instead of three; q, k, v are strided views of its output (the kernel takes strides)
         weight = torch.cat([query.weight, key.weight, value.weight])  # [3*hidden, hidden]
         bias = torch.cat([query.bias, key.bias, value.bias])
-        qkv = F.linear(hidden, weight, bias).view(hidden.shape[:-1] + (3, heads, -1))  # [..., 3, heads, head_dim]
+        head_dim = query.out_features // heads  # explicit (not -1): a batch of zero tokens must reshape too
+        qkv = F.linear(hidden, weight, bias).view(hidden.shape[:-1] + (3, heads, head_dim))  # [..., 3, heads, head_dim]
         return qkv.unbind(-3)
 
     def fused_attention(q, k, v, attn: AttentionInputs, dropout_p: float):

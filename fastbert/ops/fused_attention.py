@@ -809,5 +809,7 @@ def attention(
             dropout_p=dropout_p, softmax_scale=softmax_scale, window=window if window >= 0 else None, upcast=True,
         )
     seed = draw_seed(q.device) if dropout_p > 0.0 else None
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.contiguous()  # the kernels index it with unit stride (a strided view read garbage)
     max_seqlen = max_seqlen if cu_seqlens is not None else q.shape[1]
     return AttentionFn.apply(q, k, v, attention_mask, cu_seqlens, seed, max_seqlen, window, dropout_p, softmax_scale)

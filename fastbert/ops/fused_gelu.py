@@ -237,8 +237,8 @@ def _check_args(x, bias, approximate) -> None:
             f"bias_gelu: approximate must be 'none' (exact erf GELU, BERT's 'gelu') or 'tanh', got {approximate!r}"
         )
     check_float_tensors("bias_gelu", x=x, bias=bias)
-    if x.dim() < 1:
-        raise ValueError("bias_gelu: x must have at least one dimension (the features)")
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"bias_gelu: x must have a last dimension (the features) >= 1, got shape {tuple(x.shape)}")
     if bias is not None and tuple(bias.shape) != (x.shape[-1],):
         raise ValueError(
             f"bias_gelu: bias must have shape ({x.shape[-1]},) to match x's last dimension, got {tuple(bias.shape)}"
@@ -255,4 +255,5 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
     _check_args(x, bias, approximate)
     if not _backend.use_triton(x, bias, op="bias_gelu"):
         return bias_gelu_ref(x, bias, approximate)
-    return BiasGeluFn.apply(x, bias, approximate == "tanh")
+    # the kernels read bias with unit stride (a strided view gave wrong results); no copy when contiguous
+    return BiasGeluFn.apply(x, bias.contiguous() if bias is not None else None, approximate == "tanh")

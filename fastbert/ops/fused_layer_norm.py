@@ -34,6 +34,8 @@ dtype; each gradient has the dtype of its input (dw in weight.dtype, and so on).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -330,9 +332,11 @@ class LayerNormFn(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------------------
 def _check_args(x, weight, bias, residual, eps, dropout_p) -> float:
     """Raise ValueError naming the argument; return dropout_p as a float."""
+    if weight is None:
+        raise ValueError("layer_norm: weight must be a torch.Tensor [hidden], got None")
     check_float_tensors("layer_norm", x=x, weight=weight, bias=bias, residual=residual)
-    if x.dim() < 1:
-        raise ValueError("layer_norm: x must have at least one dimension (the hidden size)")
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"layer_norm: x must have a last dimension (the hidden size) >= 1, got shape {tuple(x.shape)}")
     n = x.shape[-1]
     if n > MAX_HIDDEN:
         raise ValueError(f"layer_norm: hidden size {n} is too large (the fused kernel supports up to {MAX_HIDDEN})")
@@ -342,8 +346,8 @@ def _check_args(x, weight, bias, residual, eps, dropout_p) -> float:
         raise ValueError(f"layer_norm: bias must have shape ({n},) to match x's last dimension, got {tuple(bias.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"layer_norm: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0.0:
-        raise ValueError(f"layer_norm: eps must be a positive float, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < math.inf:
+        raise ValueError(f"layer_norm: eps must be a positive finite float, got {eps!r}")
     return check_dropout_p("layer_norm", dropout_p)
 
 
@@ -367,4 +371,6 @@ def layer_norm(
     if not _backend.use_triton(x, weight, bias, residual, op="layer_norm"):
         return layer_norm_ref(x, weight, bias, eps, residual, dropout_p)
     seed = draw_seed(x.device) if dropout_p > 0.0 else None
+    # the kernels read weight and bias with unit stride (a strided view gave wrong results); no copy when contiguous
+    weight, bias = weight.contiguous(), (bias.contiguous() if bias is not None else None)
     return LayerNormFn.apply(x, weight, bias, residual, seed, float(eps), dropout_p)
