@@ -1,9 +1,12 @@
 """fastbert: fast BERT on NVIDIA GPUs, a drop-in for PyTorch / Hugging Face BERT.
 
 ``import fastbert`` is cheap: the names below load on first access (models and ops import torch; Triton is imported
-only when a fused op or the "fused" path is first used; the C++ extension only by ``fastbert.data``).
+only when a fused op or the "fused" path is first used; the C++ extension only by ``fastbert.data``). It also makes
+``attn_implementation="fastbert"`` available to transformers (registered when transformers' modeling code loads).
 """
 import importlib
+
+from . import hf as _hf
 
 __version__ = "0.1.0"
 
@@ -17,10 +20,10 @@ _EXPORTS = {
     "BertForTokenClassification": ".models",
     "BertForQuestionAnswering": ".models",
     "BertPreTrainedModel": ".models",
-    "patch": ".patch",
-    "unpatch": ".patch",
+    "patch": ".hf",
+    "unpatch": ".hf",
 }
-_SUBMODULES = ("ops", "models", "data", "config", "info")
+_SUBMODULES = ("ops", "models", "data", "config", "info", "hf")
 
 __all__ = [*_EXPORTS, "ops", "__version__"]
 
@@ -34,6 +37,9 @@ def __getattr__(name: str):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
+
+
+_hf.install_import_hook()
 
 
 def __dir__():

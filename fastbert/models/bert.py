@@ -186,9 +186,13 @@ class BertPooler(nn.Module):
 # shared machinery: init, the path, loading and saving
 # ----------------------------------------------------------------------------------------------------------------
 class BertPreTrainedModel(nn.Module):
-    """Weight init, the path (``choose_path``), ``from_pretrained`` / ``save_pretrained`` (local folders only)."""
+    """Weight init, the path (``choose_path``), ``from_pretrained`` / ``save_pretrained`` (local folders only), and
+    the attributes Hugging Face tooling reads (``transformers.Trainer``, ``pipeline``, sentence-transformers)."""
 
     base_model_prefix = "bert"
+    main_input_name = "input_ids"
+    accepts_loss_kwargs = False  # Trainer: keep dividing the loss by the accumulation steps itself
+    _keys_to_ignore_on_save = None
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -257,7 +261,8 @@ class BertPreTrainedModel(nn.Module):
         self._install_path()
         return self
 
-    def gradient_checkpointing_enable(self) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Recompute each layer in backward (torch.utils.checkpoint, non-reentrant; Trainer's arguments accepted)."""
         for module in self.modules():
             if isinstance(module, BertEncoder):
                 module.gradient_checkpointing = True
@@ -267,8 +272,14 @@ class BertPreTrainedModel(nn.Module):
             if isinstance(module, BertEncoder):
                 module.gradient_checkpointing = False
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters (tied ones once), as Hugging Face counts them: optionally only trainable ones, optionally
+        without the embedding tables."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        unique = {id(p): p for p in self.parameters() if id(p) not in skip}
+        return sum(p.numel() for p in unique.values() if p.requires_grad or not only_trainable)
 
     # -- loading and saving ---------------------------------------------------------------------------------------
     @classmethod
@@ -279,14 +290,15 @@ class BertPreTrainedModel(nn.Module):
 
         Checkpoints of another BERT class load too: the ``bert.`` prefix is added or stripped as needed, heads the
         checkpoint lacks are freshly initialised (logged), and heads this class lacks are ignored (logged). Missing
-        encoder weights, unknown keys and shape mismatches raise ValueError.
+        encoder weights, unknown keys and shape mismatches raise ValueError. Like transformers, the model comes back
+        in eval mode (call ``.train()`` to fine-tune).
         """
         folder = loading.resolve_model_folder(path)
         if attn_implementation is not None:
             config_overrides["attn_implementation"] = attn_implementation
         model = cls(BertConfig.from_pretrained(folder, **config_overrides))
         model.load_checkpoint_state_dict(loading.read_weights(folder))
-        return model
+        return model.eval()
 
     def load_checkpoint_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's tensors into this model with the checks described in ``from_pretrained``."""
@@ -423,9 +435,17 @@ class BertModel(BertPreTrainedModel):
         max_seqlen: int | None = None,
         output_hidden_states: bool = False,
         return_dict: bool = True,
+        **hf_kwargs: Any,
     ) -> BaseModelOutputWithPooling:
         """Padded: input_ids [batch, seqlen] (+ attention_mask). Packed: input_ids [total] + cu_seqlens + max_seqlen
-        (position_ids default to 0..len-1 per sequence). Outputs keep the input's layout."""
+        (position_ids default to 0..len-1 per sequence). Outputs keep the input's layout.
+
+        Hugging Face's padding-free rows are accepted too (``DataCollatorWithFlattening``): input_ids ``[1, total]``
+        with restarting ``position_ids`` and optionally ``cu_seq_lens_q/k``, ``max_length_q/k``, ``seq_idx``; they run
+        packed and ``last_hidden_state`` comes back as ``[1, total, hidden]``."""
+        input_ids, position_ids, cu_seqlens, max_seqlen, row = _hf_padding_free(
+            input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, hf_kwargs)
+        token_type_ids = token_type_ids.reshape(-1) if row and token_type_ids is not None else token_type_ids
         compiling = torch.compiler.is_compiling()
         if self.check_inputs and not compiling:  # value checks need a host sync: skipped inside torch.compile graphs
             _check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
@@ -460,6 +480,9 @@ class BertModel(BertPreTrainedModel):
             hidden = padding.pad(hidden, unpadded.indices, shape)
             if all_hidden is not None:
                 all_hidden = tuple(padding.pad(h, unpadded.indices, shape) for h in all_hidden)
+        if row:  # a Hugging Face padding-free row: back to [1, total, hidden]
+            hidden = hidden[None]
+            all_hidden = None if all_hidden is None else tuple(h[None] for h in all_hidden)
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
 
@@ -472,6 +495,43 @@ class BertModel(BertPreTrainedModel):
         if not self.path.unpads(int(seqlens_host.sum()), attention_mask.numel(), self.unpad):
             return None
         return padding.unpad(attention_mask, seqlens, seqlens_host)
+
+
+_HF_PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
+
+
+def _hf_padding_free(input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, hf_kwargs):
+    """(input_ids, position_ids, cu_seqlens, max_seqlen, row): a Hugging Face padding-free row ``[1, total]`` (flash
+    kwargs, or restarting position_ids) in fastbert's packed layout, with row=True; other inputs unchanged."""
+    unknown = sorted(k for k, v in hf_kwargs.items() if k not in _HF_PACKING_KWARGS and v is not None and v is not False)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown} (fastbert's models take input_ids, attention_mask, "
+                        f"token_type_ids, position_ids, cu_seqlens, max_seqlen and Hugging Face's {_HF_PACKING_KWARGS})")
+    cu = hf_kwargs.get("cu_seq_lens_q")
+    if cu_seqlens is not None or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        if cu is not None:
+            raise ValueError("cu_seq_lens_q: Hugging Face's padding-free kwargs go with one row input_ids [1, total] "
+                             "and no cu_seqlens")
+        return input_ids, position_ids, cu_seqlens, max_seqlen, False
+    if cu is not None:
+        other = hf_kwargs.get("cu_seq_lens_k")
+        if other is not None and other is not cu and not torch.equal(other, cu):
+            raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q (self-attention)")
+        max_len = hf_kwargs.get("max_length_q")
+        found = (cu.to(torch.int32), int(max_len) if max_len is not None else int((cu[1:] - cu[:-1]).max()))
+    elif attention_mask is None and position_ids is not None and not torch.compiler.is_compiling():
+        found = padding.cu_seqlens_from_position_ids(position_ids)
+    else:
+        found = None
+    if found is None:
+        return input_ids, position_ids, cu_seqlens, max_seqlen, False
+    if attention_mask is not None:
+        raise ValueError("attention_mask must be None with a padding-free row (cu_seq_lens_q / restarting position_ids)")
+    cu_seqlens, max_seqlen = found
+    positions = None if position_ids is None else position_ids.reshape(-1)
+    if positions is not None and positions.numel() and int(positions.min()) != 0:
+        positions = None  # RoBERTa-style offsets (padding_idx + 1): BERT positions restart at 0 per sequence
+    return input_ids.reshape(-1), positions, cu_seqlens, max_seqlen, True
 
 
 def labeled_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -606,11 +666,11 @@ class BertForPreTraining(_BertWithMLMDecoder):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, labels=None, next_sentence_label=None, masked_positions=None,
-                output_hidden_states=False, return_dict=True):
+                output_hidden_states=False, return_dict=True, **hf_kwargs):
         """``masked_positions`` (see ``labeled_positions``): compute MLM logits only there; ``prediction_logits`` is
         then ``[num_masked, vocab]`` and the loss is unchanged."""
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                         output_hidden_states)
+                         output_hidden_states, **hf_kwargs)
         prediction_logits, mlm_loss = _mlm_logits_and_loss(self.cls.predictions, base.last_hidden_state, labels,
                                                            masked_positions)
         nsp_logits = self.cls.seq_relationship(base.pooler_output)
@@ -629,9 +689,10 @@ class BertForMaskedLM(_BertWithMLMDecoder):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, masked_positions=None, output_hidden_states=False, return_dict=True):
+                max_seqlen=None, labels=None, masked_positions=None, output_hidden_states=False, return_dict=True,
+                **hf_kwargs):
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                         output_hidden_states)
+                         output_hidden_states, **hf_kwargs)
         logits, loss = _mlm_logits_and_loss(self.cls.predictions, base.last_hidden_state, labels, masked_positions)
         out = MaskedLMOutput(loss, logits, base.hidden_states)
         return out if return_dict else out.to_tuple()
@@ -645,9 +706,9 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True):
+                max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True, **hf_kwargs):
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                         output_hidden_states)
+                         output_hidden_states, **hf_kwargs)
         logits = self.cls(base.pooler_output)
         loss = F.cross_entropy(logits.float(), labels.reshape(-1)) if labels is not None else None
         out = NextSentencePredictorOutput(loss, logits, base.hidden_states)
@@ -663,9 +724,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
         _add_classifier(self, add_pooling_layer=True)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True):
+                max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True, **hf_kwargs):
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                         output_hidden_states)
+                         output_hidden_states, **hf_kwargs)
         logits = self.classifier(self.dropout(base.pooler_output))  # [batch, num_labels]
         loss = None
         if labels is not None:
@@ -685,9 +746,9 @@ class BertForTokenClassification(BertPreTrainedModel):
         _add_classifier(self, add_pooling_layer=False)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True):
+                max_seqlen=None, labels=None, output_hidden_states=False, return_dict=True, **hf_kwargs):
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                         output_hidden_states)
+                         output_hidden_states, **hf_kwargs)
         logits = self.classifier(self.dropout(base.last_hidden_state))  # [..., num_labels]
         loss = None
         if labels is not None:
@@ -706,9 +767,10 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, start_positions=None, end_positions=None, output_hidden_states=False, return_dict=True):
+                max_seqlen=None, start_positions=None, end_positions=None, output_hidden_states=False,
+                return_dict=True, **hf_kwargs):
         base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                         output_hidden_states)
+                         output_hidden_states, **hf_kwargs)
         logits = self.qa_outputs(base.last_hidden_state)  # [batch, seqlen, 2] or [total, 2]
         if cu_seqlens is not None:
             # per-sequence positions: back to [batch, max_seqlen, 2]; the padding gets finfo.min so the span softmax

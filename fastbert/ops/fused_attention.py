@@ -53,7 +53,7 @@ import triton.language as tl
 from .. import _backend
 from . import _common
 from ._common import check_dropout_p, draw_seed, dropout_bits, dropout_keep, dropout_scale, dropout_threshold, fused_op
-from .reference import attention_ref
+from .reference import attention_torch
 
 LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2 (exp2), scale * log2(e) folded into one factor
 MAX_HEAD_DIM = 128
@@ -795,8 +795,8 @@ def attention(
     [0, 1) is applied as given: pass 0.0 in eval mode.
 
     Triton kernels for CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; otherwise
-    ``reference.attention_ref(..., upcast=True)`` (fp32 math, same contract, dropout from torch), with a one-time
-    warning unless FASTBERT_DISABLE_TRITON=1 (the decision is ``fastbert._backend.use_triton``).
+    ``reference.attention_torch`` (the same contract on torch's SDPA, dropout from torch), with a one-time warning
+    unless FASTBERT_DISABLE_TRITON=1 (the decision is ``fastbert._backend.use_triton``).
 
     Packed layout: the cu_seqlens values are checked (one host sync on GPU, repeated only for a new or modified
     tensor; skipped under torch.compile and CUDA-graph capture). The padded layout never syncs.
@@ -804,10 +804,8 @@ def attention(
     window, dropout_p, softmax_scale = _check_args(q, k, v, attention_mask, cu_seqlens, max_seqlen, window, dropout_p,
                                                    softmax_scale)
     if not _backend.use_triton(q, k, v, attention_mask, cu_seqlens, op="attention"):
-        return attention_ref(
-            q, k, v, attention_mask=attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-            dropout_p=dropout_p, softmax_scale=softmax_scale, window=window if window >= 0 else None, upcast=True,
-        )
+        return attention_torch(q, k, v, attention_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale,
+                               window if window >= 0 else None)
     seed = draw_seed(q.device) if dropout_p > 0.0 else None
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.contiguous()  # the kernels index it with unit stride (a strided view read garbage)

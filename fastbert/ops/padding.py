@@ -80,3 +80,17 @@ def key_padding_mask(mask: torch.Tensor | None, batch: int, seqlen: int) -> torc
     # a padding mask is the same for every query row that has any real key; a key is real if any row may attend
     keep = keep.any(dim=1)  # [batch, seqlen]
     return keep.expand(batch, seqlen)
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """Packed sequences in one row of position ids that restart (``DataCollatorWithFlattening``: 0, 1, .., 0, 1, ..,
+    or RoBERTa's padding_idx + 1 onwards): (int32 cu_seqlens, max_seqlen), or None when the row is one sequence.
+    A sequence starts wherever the position does not grow by one. Reads the boundaries on the host (one sync)."""
+    pos = position_ids.reshape(-1)
+    if pos.numel() < 2:
+        return None
+    starts = torch.nonzero(pos[1:] != pos[:-1] + 1).reshape(-1) + 1
+    if not starts.numel():
+        return None
+    cu = torch.cat([starts.new_zeros(1), starts, starts.new_full((1,), pos.numel())]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())

@@ -71,6 +71,38 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_m
     return out.to(dtype)
 
 
+def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None, dropout_p: float = 0.0,
+                    softmax_scale: float | None = None, window: int | None = None) -> torch.Tensor:
+    """``fastbert.ops.attention``'s contract on torch's scaled_dot_product_attention, in the input dtype: the path
+    the functional takes where its Triton kernels cannot run (CPU tensors). Same arguments and layouts as
+    :func:`attention_ref`; padding query rows are 0; no mask at all when nothing is masked (SDPA's fastest kernel).
+    Dropout is torch's (p exactly, not rounded to 1/256 like the kernels)."""
+    if cu_seqlens is not None:
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if cu_seqlens.numel() > 1 else 0
+        qkv, mask = packed_to_padded(torch.stack((q, k, v), dim=1), cu_seqlens, max_seqlen)
+        qp, kp, vp = qkv.unbind(2)  # [batch, max_seqlen, heads, head_dim] each
+        return padded_to_packed(attention_torch(qp, kp, vp, mask, None, None, dropout_p, softmax_scale, window), mask)
+    allowed = None  # bool, True = attend: [batch, 1, 1, seqlen] and/or [1, 1, seqlen, seqlen]
+    if attention_mask is not None:
+        allowed = attention_mask.bool()[:, None, None, :]
+    if window is not None:
+        pos = torch.arange(q.shape[1], device=q.device)
+        band = ((pos[:, None] - pos[None, :]).abs() <= window)[None, None]
+        allowed = band if allowed is None else allowed & band
+    if allowed is not None:
+        # a query row that may attend to nothing (only padding rows can) would come out NaN: let it see every key,
+        # its output is zeroed below
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
+                                         dropout_p=dropout_p, scale=softmax_scale)  # [batch, heads, seqlen, head_dim]
+    out = out.transpose(1, 2)
+    if attention_mask is not None:
+        out = out.masked_fill(~attention_mask.bool()[:, :, None, None], 0.0)
+    return out.contiguous()
+
+
 def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """HF's additive mask: [batch, seqlen] 0/1 -> [batch, 1, 1, seqlen] with 0 (keep) or finfo(dtype).min (drop)."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min

@@ -1,0 +1,486 @@
+"""Hugging Face ``transformers`` integration: ``attn_implementation="fastbert"`` and ``fastbert.patch(model)``.
+
+**The attention implementation.** transformers 5 encoders (BERT, RoBERTa, XLM-RoBERTa, ELECTRA, CamemBERT,
+DistilBERT, ALBERT, ModernBERT and more) call attention through ``AttentionInterface``. ``import fastbert`` registers
+``"fastbert"`` there: at once when transformers' modeling code is already imported, otherwise the moment it is (an
+import hook, so ``import fastbert`` stays cheap). Then
+
+    model = AutoModel.from_pretrained(path, attn_implementation="fastbert")   # or model.set_attn_implementation(...)
+
+runs :func:`attention_forward`, which calls ``fastbert.ops.attention`` (Triton on CUDA; torch SDPA where Triton
+cannot run). A mask function is registered under the same name: without one transformers skips mask creation for
+an unknown implementation and padding would be silently ignored. It hands over the 2-D key-padding mask (or None
+when nothing is padded), never a ``[batch, 1, S, S]`` mask. Padding-free batches (``DataCollatorWithFlattening``,
+with or without ``return_flash_attn_kwargs=True``; restarting ``position_ids`` alone works for the families that
+pass them down) run the varlen kernel. ModernBERT's local layers use the kernel's sliding window.
+
+Refused, with a message naming the module: causal / decoder layers (``config.is_decoder``) and cross-attention.
+Falls back to plain PyTorch for that call, saying so once: ``output_attentions=True`` (the fused kernel never forms
+the attention matrix), a 4-D mask that is not a key-padding mask, head_dim above 128.
+
+**patch(model).** Routes attention through the interface and, on the path ``fastbert.ops.choose_path`` picks for the
+model's device, swaps fused dropout+residual+LayerNorm, bias+GELU and LayerNorm into the modules whose *structure*
+(children and a numerical probe of their forward) shows those computations, whatever their class name. On CPU the
+policy's path is "sdpa", where fused LayerNorm/GELU would only run their references: patch() then installs none.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import inspect
+import sys
+import warnings
+import weakref
+from typing import Any, NamedTuple
+
+NAME = "fastbert"  # no "flash" in it: transformers would treat the name as a flash-attention build
+
+_REGISTERED = False
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registration
+# ----------------------------------------------------------------------------------------------------------------
+def register() -> bool:
+    """Register ``attn_implementation="fastbert"`` (attention and mask functions) with transformers. Idempotent;
+    False when the installed transformers has no AttentionInterface (then nothing changes)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return True
+    try:
+        from transformers.masking_utils import AttentionMaskInterface
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, mask_function)  # the classmethod: the mapping transformers checks
+    _REGISTERED = True
+    return True
+
+
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    """Registers fastbert with transformers right after ``transformers.modeling_utils`` is imported."""
+
+    TARGET = "transformers.modeling_utils"
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.TARGET:
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from finding this finder again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_register(module):
+            exec_module(module)
+            try:
+                register()
+            except Exception as exc:  # noqa: BLE001 - a broken registration must not break importing transformers
+                _warn_once("register", f"fastbert: could not register attn_implementation='fastbert': {exc}")
+
+        spec.loader.exec_module = exec_and_register
+        return spec
+
+
+def install_import_hook() -> None:
+    """Register now if transformers' modeling code is loaded, else as soon as it is (called by ``import fastbert``)."""
+    if "transformers.modeling_utils" in sys.modules:
+        register()
+    elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+        if importlib.util.find_spec("transformers") is not None:
+            sys.meta_path.insert(0, _RegisterOnImport())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the mask function and the attention function
+# ----------------------------------------------------------------------------------------------------------------
+def mask_function(*args, **kwargs):
+    """What transformers builds for "fastbert": the 2-D bool key-padding mask, or None when nothing is padded (its
+    ``flash_attention_mask``). A model asking for a pattern beyond padding (``use_vmap``: extra mask functions) gets
+    the full 4-D boolean mask, which :func:`attention_forward` then runs through plain PyTorch."""
+    from transformers import masking_utils
+
+    if kwargs.get("use_vmap"):
+        return masking_utils.sdpa_mask(*args, **kwargs)
+    return masking_utils.flash_attention_mask(*args, **kwargs)
+
+
+def _refuse(module, query, key, kwargs) -> None:
+    name = type(module).__name__
+    causal = kwargs.get("is_causal")
+    if causal is None:
+        causal = getattr(module, "is_causal", False)
+    if causal or getattr(getattr(module, "config", None), "is_decoder", False):
+        raise ValueError(f"attn_implementation='fastbert' is bidirectional only: {name} is a causal (decoder) "
+                         "attention layer (config.is_decoder=True); load this model with attn_implementation='sdpa'")
+    if key.shape[2] != query.shape[2] or "CrossAttention" in name:
+        raise ValueError(f"attn_implementation='fastbert' does not do cross-attention ({name}); load this model "
+                         "with attn_implementation='sdpa'")
+
+
+# Attention layers of families whose layers before attention mix neighbouring positions, so a padding-free row
+# would leak across sequence boundaries whatever attention does: refused by name.
+_NOT_PACKABLE = {"MobileBertSelfAttention": "its embeddings concatenate each token with its neighbours (trigram input)"}
+
+
+class _Packing(NamedTuple):
+    cu_seqlens: Any  # int32 [n + 1]
+    max_seqlen: int
+
+
+_derived: tuple = (None, None, None)  # (weak ref to position_ids, its version, _Packing)
+
+
+def _packing(query, attention_mask, kwargs) -> _Packing | None:
+    """The varlen layout of a padding-free row ([1, total] with cu_seq_lens, or restarting position_ids), else None."""
+    import torch
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None:
+        if query.shape[0] != 1:
+            raise ValueError(f"cu_seq_lens_q given with a batch of {query.shape[0]} rows: padding-free inputs are one "
+                             "row [1, total_tokens] (DataCollatorWithFlattening)")
+        max_len = kwargs.get("max_length_q")
+        if max_len is None:
+            max_len = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+        return _Packing(cu.to(torch.int32), int(max_len))
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None or position_ids is None or query.shape[0] != 1 or position_ids.shape[-1] < 2:
+        return None
+    return _packing_from_positions(position_ids)
+
+
+def _packing_from_positions(pos) -> _Packing | None:
+    """``ops.padding.cu_seqlens_from_position_ids``, cached for the tensor every layer receives (one host read per
+    forward, not per layer)."""
+    from .ops.padding import cu_seqlens_from_position_ids
+
+    global _derived
+    ref, version, cached = _derived
+    key = -1 if pos.is_inference() else pos._version
+    if ref is not None and ref() is pos and version == key:
+        return cached
+    found = cu_seqlens_from_position_ids(pos)
+    result = _Packing(*found) if found is not None else None
+    _derived = (weakref.ref(pos), key, result)
+    return result
+
+
+def _key_padding(attention_mask, batch: int, seqlen: int):
+    """(2-D bool key mask or None, True) when ``attention_mask`` is None, 2-D, or a 4-D mask that only masks keys;
+    (None, False) for any other 4-D pattern."""
+    import torch
+
+    from .ops.padding import key_padding_mask
+
+    if attention_mask is None or attention_mask.dim() == 2:
+        return (None if attention_mask is None else attention_mask.bool()), True
+    keys = key_padding_mask(attention_mask, batch, seqlen)  # [batch, seqlen]
+    allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(
+        attention_mask.dtype).min / 2
+    rows_with_keys = allowed.any(-1, keepdim=True)
+    if torch.equal(allowed | ~rows_with_keys, (keys[:, None, None, :] | ~rows_with_keys).expand_as(allowed)):
+        return (None if bool(keys.all()) else keys), True
+    return None, False
+
+
+def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                      sliding_window: int | None = None, **kwargs):
+    """transformers' attention function signature: query/key/value ``[batch, heads, seqlen, head_dim]`` (views),
+    ``attention_mask`` from :func:`mask_function`; returns ``(out [batch, seqlen, heads, head_dim], None)``.
+    ``sliding_window`` follows flash-attention's convention (ModernBERT passes local_attention // 2 + 1): keys with
+    |i - j| < sliding_window are attended."""
+    from . import ops
+
+    _refuse(module, query, key, kwargs)
+    batch, heads, seqlen, head_dim = query.shape
+    window = sliding_window - 1 if sliding_window else None
+    if kwargs.get("output_attentions"):
+        _warn_once("output_attentions", "attn_implementation='fastbert' never forms the attention matrix: calls with "
+                   "output_attentions=True run plain PyTorch attention to return it")
+        return _plain_attention(query, key, value, attention_mask, dropout, scaling, window, weights=True)
+    keys, ok = _key_padding(attention_mask, batch, seqlen)
+    if not ok or head_dim > 128:
+        why = "a 4-D mask that masks more than padding" if not ok else f"head_dim {head_dim} > 128"
+        _warn_once(f"fallback {why}", f"attn_implementation='fastbert': {why} runs plain PyTorch attention "
+                   f"({type(module).__name__})")
+        return _plain_attention(query, key, value, attention_mask, dropout, scaling, window, weights=False)
+    if key.shape[1] != heads:  # grouped-query attention: every query head reads its group's key/value head
+        key, value = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (key, value))
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [batch, seqlen, heads, head_dim] views
+    packing = _packing(query, keys, kwargs)
+    if packing is not None and type(module).__name__ in _NOT_PACKABLE:
+        raise ValueError(f"{type(module).__name__} cannot run padding-free batches: {_NOT_PACKABLE[type(module).__name__]}")
+    if packing is not None:
+        out = ops.attention(q[0], k[0], v[0], cu_seqlens=packing.cu_seqlens, max_seqlen=packing.max_seqlen,
+                            dropout_p=dropout, softmax_scale=scaling, window=window)[None]
+    else:
+        out = ops.attention(q, k, v, attention_mask=keys, dropout_p=dropout, softmax_scale=scaling, window=window)
+    return out, None
+
+
+def _plain_attention(query, key, value, attention_mask, dropout, scaling, window, weights: bool):
+    """softmax(q k^T * scale + mask) v in plain PyTorch, [batch, heads, S, D] in, ([batch, S, heads, D], weights)."""
+    import torch
+    import torch.nn.functional as F
+
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if key.shape[1] != query.shape[1]:  # grouped-query attention
+        key, value = (t.repeat_interleave(query.shape[1] // t.shape[1], dim=1) for t in (key, value))
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale  # [batch, heads, S, S]
+    if attention_mask is not None:
+        mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    if window is not None:
+        pos = torch.arange(query.shape[2], device=query.device)
+        scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > window, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0.0)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, (probs if weights else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# patch(model): attention through the interface, fused ops where the module structure shows their computation
+# ----------------------------------------------------------------------------------------------------------------
+class PatchReport(NamedTuple):
+    """What :func:`patch` changed: ``attention`` says how attention now runs, ``modules`` maps each swapped module's
+    name to its role ("add_layer_norm", "dense_act", "head_transform", "layer_norm"), ``path`` is the policy's pick."""
+
+    model: Any
+    path: str
+    attention: str
+    modules: dict
+
+    def __repr__(self) -> str:
+        roles: dict[str, int] = {}
+        for role in self.modules.values():
+            roles[role] = roles.get(role, 0) + 1
+        fused = ", ".join(f"{n} {r}" for r, n in sorted(roles.items())) or "no module fused"
+        return f"PatchReport({type(self.model).__name__}: path {self.path!r}; attention: {self.attention}; {fused})"
+
+
+def _probe_input(module, features: int, *lead: int):
+    import torch
+
+    p = next(module.parameters())
+    return torch.randn(*lead, features, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+
+
+def _close(a, b) -> bool:
+    import torch
+
+    tol = 1e-5 if a.dtype == torch.float32 else 1e-2
+    return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=tol, rtol=tol))
+
+
+def _activation_name(act) -> str | None:
+    """The BERT ``hidden_act`` an activation module computes ("gelu", "gelu_pytorch_tanh", "relu"), found by
+    evaluating it (class names vary across families), or None."""
+    import torch
+    import torch.nn.functional as F
+
+    if any(True for _ in act.parameters()) or any(True for _ in act.children()):
+        return None
+    x = torch.linspace(-6.0, 6.0, 97)
+    try:
+        y = act(x)
+    except Exception:  # noqa: BLE001 - not an elementwise activation
+        return None
+    for name, ref in (("gelu", F.gelu(x)), ("gelu_pytorch_tanh", F.gelu(x, approximate="tanh")), ("relu", F.relu(x))):
+        if isinstance(y, torch.Tensor) and _close(y, ref):
+            return name
+    return None
+
+
+def _parts(module) -> dict[str, Any] | None:
+    """The children of a candidate module by kind: {"dense", "dropout", "ln", "act": (name, hidden_act)}; None when a
+    child of another kind (or a second of one kind) is present."""
+    from torch import nn
+
+    parts: dict[str, Any] = {}
+    for name, child in module.named_children():
+        kind = ("dense" if isinstance(child, nn.Linear) else "dropout" if isinstance(child, nn.Dropout)
+                else "ln" if isinstance(child, nn.LayerNorm) and child.weight is not None else None)
+        act = _activation_name(child) if kind is None else None
+        if kind is None and act is None:
+            return None
+        kind = kind or "act"
+        if kind in parts:
+            return None
+        parts[kind] = (name, act) if kind == "act" else name
+    return parts
+
+
+def _match(module) -> tuple[str, dict] | None:
+    """(role, parts) when the module computes one of the fused forms, checked on a random input in eval mode."""
+    import torch
+
+    parts = _parts(module)
+    if not parts or "dense" not in parts:
+        return None
+    kinds = set(parts)
+    dense = getattr(module, parts["dense"])
+    act = parts.get("act", (None, None))[1]
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return None
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            x = _probe_input(module, dense.in_features, 2, 3)
+            if kinds == {"dense", "dropout", "ln"} and len(params) == 2:
+                r = _probe_input(module, dense.out_features, 2, 3)
+                ln = getattr(module, parts["ln"])
+                return ("add_layer_norm", parts) if _close(module(x, r), ln(dense(x) + r)) else None
+            if len(params) != 1 or act is None:
+                return None
+            from .ops.dispatch import activation
+
+            if kinds == {"dense", "act"}:
+                return ("dense_act", parts) if _close(module(x), activation(act, dense(x))) else None
+            if kinds == {"dense", "act", "ln"}:
+                ln = getattr(module, parts["ln"])
+                return ("head_transform", parts) if _close(module(x), ln(activation(act, dense(x)))) else None
+    except Exception:  # noqa: BLE001 - a forward that does something else (other arguments, shapes)
+        return None
+    finally:
+        module.train(was_training)
+    return None
+
+
+def _add_layer_norm_forward(self, hidden_states, input_tensor, *args, **kwargs):
+    parts = self._fastbert_parts
+    dropout = getattr(self, parts["dropout"])
+    return self._fastbert_kernels.add_layer_norm(getattr(self, parts["dense"])(hidden_states), input_tensor,
+                                                 getattr(self, parts["ln"]), dropout.p if self.training else 0.0)
+
+
+def _dense_act_forward(self, hidden_states, *args, **kwargs):
+    parts = self._fastbert_parts
+    return self._fastbert_kernels.dense_act(hidden_states, getattr(self, parts["dense"]), parts["act"][1])
+
+
+def _head_transform_forward(self, hidden_states, *args, **kwargs):
+    parts, k = self._fastbert_parts, self._fastbert_kernels
+    return k.layer_norm(k.dense_act(hidden_states, getattr(self, parts["dense"]), parts["act"][1]),
+                        getattr(self, parts["ln"]))
+
+
+def _layer_norm_forward(self, x, *args, **kwargs):
+    return self._fastbert_kernels.layer_norm(x, self)
+
+
+_FORWARDS = {"add_layer_norm": _add_layer_norm_forward, "dense_act": _dense_act_forward,
+             "head_transform": _head_transform_forward, "layer_norm": _layer_norm_forward}
+_SEP = "___"
+_PATCHED: dict[tuple[type, str], type] = {}
+
+
+def _patched_class(original: type, role: str) -> type:
+    """The subclass of ``original`` running ``role``'s fused forward, made once. Named so that pickle finds it as an
+    attribute of this module (rebuilt on demand by ``__getattr__`` in a process that has not patched yet)."""
+    if (original, role) not in _PATCHED:
+        name = _SEP.join(("Fastbert", role, original.__module__.replace(".", "__"), original.__qualname__))
+        cls = type(f"Fastbert{original.__name__}", (original,),
+                   {"forward": _FORWARDS[role], "_fastbert_original": original, "__module__": __name__})
+        cls.__qualname__ = name
+        _PATCHED[(original, role)] = cls
+    return _PATCHED[(original, role)]
+
+
+def __getattr__(name: str):
+    if name.startswith("Fastbert" + _SEP):
+        _, role, module, qualname = name.split(_SEP)
+        original = importlib.import_module(module.replace("__", "."))
+        for part in qualname.split("."):
+            original = getattr(original, part)
+        return _patched_class(original, role)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _route_attention(model) -> str:
+    """Switch the model's attention to "fastbert" when it calls attention through transformers' interface."""
+    set_impl = getattr(model, "set_attn_implementation", None)
+    config = getattr(model, "config", None)
+    if set_impl is None or config is None or not register():
+        return "left as is (not a transformers model with AttentionInterface)"
+    previous = getattr(config, "_attn_implementation", None)
+    if previous != NAME:
+        set_impl(NAME)
+    if getattr(config, "_attn_implementation", None) != NAME:
+        return f"left as is ({type(model).__name__} does not call attention through AttentionInterface)"
+    model._fastbert_previous_attn = previous
+    return f"attn_implementation={NAME!r}"
+
+
+def patch(model, attn_implementation: str = "auto") -> PatchReport:
+    """Make a Hugging Face encoder run fastbert's ops, in place (same weights, same ``state_dict`` keys).
+
+    Attention goes through ``attn_implementation="fastbert"`` when the model calls attention through transformers'
+    AttentionInterface. On the path ``fastbert.ops.choose_path(attn_implementation, device)`` picks (default
+    "auto": "fused" on CUDA, "sdpa" on CPU), modules whose structure computes LayerNorm(dropout(dense(h)) + residual),
+    act(dense(x)), LayerNorm(act(dense(x))) or a LayerNorm on its own get a forward calling the path's kernels (on
+    "sdpa"/"eager" none is swapped: those forwards are transformers' own). Returns a :class:`PatchReport`; raises
+    ValueError, naming the class, for a model it cannot run correctly (a decoder: causal attention).
+    """
+    from torch import nn
+
+    from .ops.dispatch import choose_path
+
+    config = getattr(model, "config", None)
+    if getattr(config, "is_decoder", False):
+        raise ValueError(f"fastbert.patch: {type(model).__name__} is a decoder (config.is_decoder=True): fastbert's "
+                         "attention is bidirectional only")
+    first = next(model.parameters(), None)
+    path = choose_path(attn_implementation, first.device if first is not None else None)
+    attention = _route_attention(model)
+    swapped: dict[str, str] = {}
+    if path.name == "fused":
+        inside = set()
+        for name, module in model.named_modules():
+            if hasattr(type(module), "_fastbert_original") or any(name.startswith(p + ".") for p in inside):
+                continue
+            found = _match(module) if not isinstance(module, nn.LayerNorm) else (
+                ("layer_norm", {}) if module.weight is not None else None)
+            if found is None:
+                continue
+            role, parts = found
+            module._fastbert_parts = parts
+            module._fastbert_kernels = path.kernels
+            module.__class__ = _patched_class(type(module), role)
+            swapped[name] = role
+            inside.add(name)
+    if not swapped and attention.startswith("left"):
+        raise ValueError(f"fastbert.patch: nothing to patch in {type(model).__name__} (its attention does not go "
+                         "through transformers' AttentionInterface and no module matches a fused op)")
+    return PatchReport(model, path.name, attention, swapped)
+
+
+def unpatch(model):
+    """Undo :func:`patch`: original classes and attention implementation back; returns the model."""
+    for module in model.modules():
+        original = getattr(type(module), "_fastbert_original", None)
+        if original is not None:
+            module.__class__ = original
+            for attr in ("_fastbert_parts", "_fastbert_kernels"):
+                module.__dict__.pop(attr, None)
+    previous = model.__dict__.pop("_fastbert_previous_attn", None)
+    if previous is not None:
+        model.set_attn_implementation(previous)
+    return model
