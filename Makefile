@@ -32,8 +32,9 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h) | $(VPY)
 
 install: $(STAMP)
 
+# -n auto: one pytest worker per core (pytest-xdist); the interpreter-run kernel tests are single-threaded Python
 test: $(STAMP)
-	$(VPY) -m pytest -q tests $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -n auto tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VPY) benchmarks/run.py

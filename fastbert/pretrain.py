@@ -27,7 +27,7 @@ from .training.checkpoint import (check_output_dir, comparable_config, compare_r
                                   file_fingerprint, resume_source)
 from .training.cli import add_common_args, check_common_args, check_input_file, new_parser, run_cli
 from .training.determinism import EpochBatches, make_loader, seed_everything
-from .training.distributed import DistInfo, broadcast_object, check_on_all_ranks, setup_distributed
+from .training.distributed import DistInfo, barrier, broadcast_object, check_on_all_ranks, setup_distributed
 from .training.errors import CLIError, reason
 from .training.loop import TrainingJob, fit, resolve_warmup, total_steps_for
 
@@ -252,6 +252,7 @@ def run(args) -> int:
                 f"{result.tokens_per_s:,.0f}" if result.steps_run else "already done, model exported again")
         print(f"pretrain: step {result.position.step}/{total_steps} epoch {result.position.epoch} {done} "
               f"ranks {dist_info.world_size}{'' if result.in_sync else ' (REPLICAS DIVERGED)'} -> {args.output}")
+    barrier(dist_info)  # every rank leaves together: a rank tearing gloo down under rank 0's export aborts
     return 0 if result.in_sync else 1
 
 

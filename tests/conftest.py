@@ -30,10 +30,12 @@ if INTERPRET and importlib.util.find_spec("triton") is not None:
 
 
 def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (runs on the GPU machine)")
+    """GPU-marked tests skip without CUDA, each with its reason from gpu_only.py (the one list of them)."""
+    import gpu_only
+
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
-            item.add_marker(skip_gpu)
+            item.add_marker(pytest.mark.skip(reason=gpu_only.reason(item.nodeid)))
 
 
 @pytest.fixture(autouse=True)

@@ -88,3 +88,44 @@ def test_one_variant_compiles_for_sm90():
         assert r["occupancy"] is not None and r["warps"] >= out["warps"]
         if "ptxas" in r:  # this process ran ptxas (no cache hit): the SASS-derived spills agree with ptxas -v
             assert (r["spill_store_bytes"], r["spill_load_bytes"]) == (r["ptxas"]["spill_stores"], r["ptxas"]["spill_loads"])
+
+
+_LENGTHS = r"""
+import json, torch
+from benchmarks import static_report as sr
+import fastbert
+from fastbert.ops.padding import seqlens_to_cu_seqlens
+
+def keys(batch_lengths, padded):
+    with sr.fastbert_on_target(90) as rec:
+        heads, d = 12, 64
+        for lengths in batch_lengths:
+            total, longest = sum(lengths), max(lengths)
+            if padded:
+                q = torch.empty(len(lengths), longest, 3, heads, d, dtype=torch.bfloat16).unbind(2)
+                mask = (torch.arange(longest)[None] < torch.tensor(lengths)[:, None]).long()
+                fastbert.ops.attention(*q, attention_mask=mask, dropout_p=0.1)
+            else:
+                q = torch.empty(total, 3, heads, d, dtype=torch.bfloat16).unbind(1)
+                cu = seqlens_to_cu_seqlens(torch.tensor(lengths))
+                fastbert.ops.attention(*q, cu_seqlens=cu, max_seqlen=longest, dropout_p=0.1)
+    return [l.key() for l in rec.launches if l.name == "_attn_fwd_kernel"]
+
+out = {}
+for padded in (True, False):
+    k = keys([[100], [200, 3], [137, 301, 455], [333] * 16, [1, 17], [512] * 8], padded)
+    out[str(padded)] = len(set(k))
+print(json.dumps(out))
+"""
+
+
+def test_sequence_length_is_not_specialized():
+    """Sequence lengths, batch sizes and token counts are runtime arguments: six batches of different shapes record
+    one forward variant per layout (what a GPU would compile once and reuse). CPU counterpart of
+    test_attention.py::test_gpu_no_recompile_across_lengths."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-c", _LENGTHS], capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"True": 1, "False": 1}

@@ -1,8 +1,8 @@
 """Plumbing shared by the fused ops (imported by ``fused_attention``, ``fused_layer_norm``, ``fused_gelu`` only,
 so ``import fastbert`` never imports Triton).
 
-* launch-side helpers: ``rows`` (2-D row view), ``sm_count``, ``device_capability`` (the key of every launch-config
-  table), ``check_dropout_p`` (one name, one range for every op), ``fused_op`` (one way to register a custom op);
+* launch-side helpers: ``rows`` (2-D row view), ``sm_count``, ``resident_programs_per_sm`` (persistent grids),
+  ``device_capability`` (the key of every launch-config table), ``check_dropout_p`` (one name, one range for every op), ``fused_op`` (one way to register a custom op);
 * dropout: ``draw_seed``, ``dropout_scale``, ``dropout_threshold`` and the one Philox helper ``dropout_bits`` that
   every kernel derives its keep-mask from.
 
@@ -96,6 +96,31 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = _cuda_properties(index)
     return props.major, props.minor
+
+
+REGISTERS_PER_SM = 65536  # 32-bit registers per streaming multiprocessor on every NVIDIA architecture since sm_50
+MAX_PROGRAMS_PER_SM = 32  # resident thread blocks per SM on sm_80 .. sm_120
+_RESIDENT: dict[tuple, int] = {}
+
+
+def resident_programs_per_sm(kernel, device: torch.device, args: tuple, meta: dict) -> int:
+    """How many programs of the variant ``kernel[...](*args, **meta)`` compiles to an SM of ``device`` holds at once:
+    the smallest of what its threads, registers and shared memory allow (compiled, not launched, on first use and
+    cached per variant). Persistent grids size themselves with it, so every program is resident."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (kernel, index, tuple(sorted(meta.items())),
+           tuple(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args))
+    if key not in _RESIDENT:
+        compiled = kernel.warmup(*args, grid=(1,), **meta)
+        compiled._init_handles()  # loads the binary: its register count is known from here on
+        props = _cuda_properties(index)
+        threads = compiled.metadata.num_warps * props.warp_size
+        limits = [props.max_threads_per_multi_processor // threads,
+                  REGISTERS_PER_SM // max(1, compiled.n_regs * threads), MAX_PROGRAMS_PER_SM]
+        if compiled.metadata.shared:
+            limits.append(props.shared_memory_per_multiprocessor // compiled.metadata.shared)
+        _RESIDENT[key] = max(1, min(limits))
+    return _RESIDENT[key]
 
 
 def interpreting() -> bool:

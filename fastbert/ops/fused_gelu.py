@@ -184,9 +184,17 @@ def _bias_gelu_bwd(
         return dx, (torch.zeros_like(bias) if need_db else empty)
     block_m, block_n, warps = _config(N, backward=True)
     col_blocks = triton.cdiv(N, block_n)
+    meta = dict(HAS_BIAS=bias is not None, COMPUTE_DB=need_db, TANH=tanh, BLOCK_M=block_m, BLOCK_N=block_n,
+                num_warps=warps)
+
+    def launch_args(db_partial, rows_per_program):
+        return (dy, x, bias if bias is not None else x, dx, db_partial if need_db else dx,
+                dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program)
+
     if x.device.type == "cuda":
-        # enough row programs to fill the GPU a few times over, counting the column blocks
-        per_sm = _CONFIG_OVERRIDE.get("bwd_programs_per_sm", 4)
+        # a persistent grid: as many programs as the GPU holds at once, counting the column blocks
+        per_sm = _CONFIG_OVERRIDE.get("bwd_programs_per_sm") or _common.resident_programs_per_sm(
+            _bias_gelu_bwd_kernel, x.device, launch_args(dx, block_m), meta)
         row_programs = max(1, _common.sm_count(x.device) * per_sm // col_blocks)
     else:
         row_programs = 4
@@ -194,12 +202,7 @@ def _bias_gelu_bwd(
     rows_per_program = triton.cdiv(triton.cdiv(M, row_programs), block_m) * block_m
     row_programs = triton.cdiv(M, rows_per_program)
     db_partial = torch.empty((row_programs, N), dtype=torch.float32, device=x.device) if need_db else empty
-    _bias_gelu_bwd_kernel[(row_programs, col_blocks)](
-        dy, x, bias if bias is not None else x, dx, db_partial if need_db else dx,
-        dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program,
-        HAS_BIAS=bias is not None, COMPUTE_DB=need_db, TANH=tanh,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-    )
+    _bias_gelu_bwd_kernel[(row_programs, col_blocks)](*launch_args(db_partial, rows_per_program), **meta)
     return dx, (db_partial.sum(0).to(bias.dtype) if need_db else empty)
 
 

@@ -170,17 +170,24 @@ def _fwd_config(n: int) -> tuple[int, int, int]:
     return block_m, block_n, warps
 
 
-def _bwd_config(n: int, m: int, device: torch.device) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, programs): a persistent grid of a few programs per SM."""
+def _bwd_tile(n: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the backward: ~2K elements per step of a program's row loop."""
     block_n = _block_n(n)
     block_m = _CONFIG_OVERRIDE.get("bwd_block_m", max(1, min(8, 2048 // block_n)))
     warps = _CONFIG_OVERRIDE.get("bwd_warps", max(4, min(16, block_m * block_n // 256)))
+    return block_m, block_n, warps
+
+
+def _bwd_programs(m: int, block_m: int, device: torch.device, args: tuple, meta: dict) -> int:
+    """A persistent grid: as many programs as the GPU holds at once (``_common.resident_programs_per_sm`` per SM),
+    never more than there are row blocks; 4 in the interpreter (few programs, each looping over many rows)."""
     if device.type == "cuda":
-        programs = _common.sm_count(device) * _CONFIG_OVERRIDE.get("bwd_programs_per_sm", 4)
+        per_sm = _CONFIG_OVERRIDE.get("bwd_programs_per_sm") or _common.resident_programs_per_sm(
+            _layer_norm_bwd_kernel, device, args, meta)
+        programs = _common.sm_count(device) * per_sm
     else:
-        programs = 4  # the interpreter: few programs, each looping over many rows, exercises the loop
-    programs = max(1, min(programs, triton.cdiv(m, block_m)))
-    return block_m, block_n, warps, programs
+        programs = 4
+    return max(1, min(programs, triton.cdiv(m, block_m)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,23 +273,25 @@ def _layer_norm_bwd(
     store_dres = _stores_dres(need_dx, need_dres, has_dropout, x.dtype, residual_dtype)
     dres = torch.empty((M, N), dtype=residual_dtype, device=device) if store_dres else empty
     dx = torch.empty((M, N), dtype=x.dtype, device=device) if need_dx else empty
-    block_m, block_n, warps, programs = _bwd_config(N, M, device)
+    block_m, block_n, warps = _bwd_tile(N)
+    meta = dict(HAS_RESIDUAL=residual is not None, HAS_DROPOUT=has_dropout, STORE_DRES=store_dres, STORE_DX=need_dx,
+                COMPUTE_DW=need_dw, COMPUTE_DB=need_db, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+
+    def launch_args(dw_partial, db_partial, rows_per_program):
+        return (dy, x, residual if residual is not None else x, weight, mean, rstd, seed if has_dropout else mean,
+                dres if store_dres else dy, dx if need_dx else dy,
+                dw_partial if need_dw else mean, db_partial if need_db else mean,
+                dy.stride(0), x.stride(0), residual.stride(0) if residual is not None else 0,
+                dres.stride(0) if store_dres else 0, dx.stride(0) if need_dx else 0,
+                M, N, rows_per_program, dropout_threshold(dropout_p), dropout_scale(dropout_p))
+
+    programs = _bwd_programs(M, block_m, device, launch_args(mean, mean, block_m), meta) if M else 0
     rows_per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m if M else block_m
     programs = triton.cdiv(M, rows_per_program) if M else 0
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=device) if need_dw else empty
     db_partial = torch.empty((programs, N), dtype=torch.float32, device=device) if need_db else empty
     if programs:
-        _layer_norm_bwd_kernel[(programs,)](
-            dy, x, residual if residual is not None else x, weight, mean, rstd, seed if has_dropout else mean,
-            dres if store_dres else dy, dx if need_dx else dy,
-            dw_partial if need_dw else mean, db_partial if need_db else mean,
-            dy.stride(0), x.stride(0), residual.stride(0) if residual is not None else 0,
-            dres.stride(0) if store_dres else 0, dx.stride(0) if need_dx else 0,
-            M, N, rows_per_program, dropout_threshold(dropout_p), dropout_scale(dropout_p),
-            HAS_RESIDUAL=residual is not None, HAS_DROPOUT=has_dropout,
-            STORE_DRES=store_dres, STORE_DX=need_dx, COMPUTE_DW=need_dw, COMPUTE_DB=need_db,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-        )
+        _layer_norm_bwd_kernel[(programs,)](*launch_args(dw_partial, db_partial, rows_per_program), **meta)
     dw = dw_partial.sum(0).to(weight.dtype) if need_dw else empty
     db = db_partial.sum(0).to(bias.dtype) if need_db else empty
     return dx, dres, dw, db
