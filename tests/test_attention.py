@@ -271,6 +271,23 @@ def test_dropout_matches_reference_with_mask(device, dtype, layout):
         _check_against_reference(q, k, v, cu_seqlens=cu, max_seqlen=47, dropout_p=0.1, dropout=True, name="dropout packed")
 
 
+_GPU_CONFIGS = sorted({tuple(c.items()) for c in [*attn_mod._CONFIGS.values(),
+                                                   *(c for arch in attn_mod._ARCH_CONFIGS.values() for c in arch.values())]})
+
+
+@pytest.mark.parametrize("config", _GPU_CONFIGS, ids=lambda c: "m{}n{}w{}s{}".format(*dict(c).values()))
+def test_every_gpu_launch_config_is_correct(device, monkeypatch, config):
+    """The block sizes the GPUs launch (fused_attention._CONFIGS / _ARCH_CONFIGS), run through the interpreter on
+    CPU in place of its small default: packed with dropout and a padded batch with holes, across block boundaries."""
+    monkeypatch.setattr(attn_mod, "_INTERPRETER_CONFIG", dict(config))
+    cu = torch.tensor([0, 140, 140, 163], dtype=torch.int32, device=device)
+    q, k, v = _qkv((163, 1, 32), torch.float16, device)
+    _check_against_reference(q, k, v, cu_seqlens=cu, max_seqlen=140, dropout_p=0.1, dropout=True, name="packed")
+    mask = make_attention_mask(2, 131, "random", device=device)
+    q, k, v = _qkv((2, 131, 1, 16), torch.float16, device)
+    _check_against_reference(q, k, v, attention_mask=mask, name="padded")
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_keep_statistics(device, p):
     """Fraction kept ~ 1 - p' (p' = p rounded to 1/256) within 4 binomial sigmas, per head and overall, and the
@@ -604,7 +621,7 @@ def test_kernels_compile_for_cuda(kind, head_dim, packed, dropout, windowed):
     from helpers import aot_compile_cuda
 
     kernel, pointers = _KERNEL_POINTERS[kind]
-    launch = attn_mod._launch_config(kind, head_dim, torch.bfloat16, (9, 0))  # what an H100 launches
+    launch = attn_mod._launch_config(kind, head_dim, torch.bfloat16, (9, 0), dropout)  # what an H100 launches
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=attn_mod._block_d(head_dim), BLOCK_M=launch["BLOCK_M"],
                       BLOCK_N=launch["BLOCK_N"], IS_PACKED=packed, HAS_MASK=not packed, WINDOWED=windowed,
                       HAS_DROPOUT=dropout, DOT_PRECISION="tf32")

@@ -474,17 +474,35 @@ def _attn_bwd_dkdv_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# launch configuration: one table, keyed by kernel, tile width and compute capability
+# launch configuration: one table, keyed by kernel, tile width and dropout, with per-architecture overrides
 # ----------------------------------------------------------------------------------------------------------------
-# (kernel, BLOCK_D <= 64) -> launch parameters for fp16/bf16 on every architecture; an entry under
-# (kernel, BLOCK_D <= 64, (major, minor)) overrides it for that architecture. Never keyed on the sequence length.
+# (kernel, BLOCK_D <= 64, dropout) -> launch parameters for fp16/bf16; _ARCH_CONFIGS[(major, minor)] overrides an
+# entry for one architecture. Never keyed on the sequence length. Chosen with the static report
+# (benchmarks/static_report.py): no register spills on sm_80/86/89/90/100/120 for head_dim 32/64/128, padded and
+# packed, with and without dropout; among the spill-free candidates, the fewest main-loop instructions x warps per
+# (query x key) tile element. The dropout variants hold the 8-bit keep lanes and the Philox state in registers too,
+# hence their smaller dk/dv query tiles.
+def _cfg(block_m, block_n, warps, stages):
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+
+
 _CONFIGS = {
-    ("fwd", True): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    ("fwd", False): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
-    ("dq", True): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-    ("dq", False): dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
-    ("dkdv", True): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-    ("dkdv", False): dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
+    ("fwd", True, False): _cfg(128, 64, 8, 3),
+    ("fwd", True, True): _cfg(128, 64, 8, 3),
+    ("fwd", False, False): _cfg(64, 64, 8, 2),
+    ("fwd", False, True): _cfg(64, 64, 8, 2),
+    ("dq", True, False): _cfg(64, 64, 8, 2),
+    ("dq", True, True): _cfg(64, 64, 8, 2),
+    ("dq", False, False): _cfg(64, 64, 8, 2),
+    ("dq", False, True): _cfg(64, 64, 8, 2),
+    ("dkdv", True, False): _cfg(32, 64, 4, 2),
+    ("dkdv", True, True): _cfg(16, 64, 4, 2),
+    ("dkdv", False, False): _cfg(32, 64, 8, 2),
+    ("dkdv", False, True): _cfg(32, 64, 8, 2),
+}
+_ARCH_CONFIGS = {
+    (9, 0): {("fwd", True, False): _cfg(128, 64, 4, 3)},  # one warpgroup per 128 query rows, spill-free on sm_90
+    (12, 0): {("fwd", False, False): _cfg(64, 64, 8, 1)},  # two stages spill 16 B at head_dim 128 (packed)
 }
 # fp32 (accepted, not a fast path): small query tiles and one stage, so they fit in shared memory at head_dim 128.
 _FP32_CONFIG = dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1)
@@ -498,14 +516,14 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, capability) -> dict:
+def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, capability, dropout: bool) -> dict:
     """Block sizes, warps and stages for ``kernel`` ("fwd", "dq", "dkdv") on a device of ``capability``."""
     if capability is None:
         return dict(_INTERPRETER_CONFIG)
     if dtype == torch.float32:
         return dict(_FP32_CONFIG)
-    small = _block_d(head_dim) <= 64
-    return dict(_CONFIGS.get((kernel, small, tuple(capability)), _CONFIGS[(kernel, small)]))
+    key = (kernel, _block_d(head_dim) <= 64, bool(dropout))
+    return dict(_ARCH_CONFIGS.get(tuple(capability), {}).get(key, _CONFIGS[key]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -573,7 +591,7 @@ def _attn_fwd(
     if out.numel() == 0 or batch == 0 or seqlen == 0:
         return out.zero_(), lse.fill_(float("inf"))
     mask, spans, stride_mb, stride_ms = _mask_args(attention_mask, q)
-    cfg = _launch_config("fwd", q.shape[-1], q.dtype, _common.device_capability(q.device))
+    cfg = _launch_config("fwd", q.shape[-1], q.dtype, _common.device_capability(q.device), dropout_p > 0.0)
     _attn_fwd_kernel[(triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)](
         q, k, v, out, lse, mask, spans, cu_seqlens if is_packed else q, seed if seed is not None else q,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
@@ -611,14 +629,14 @@ def _attn_bwd(
                dropout_scale(dropout_p))
     capability = _common.device_capability(q.device)
 
-    cfg = _launch_config("dq", q.shape[-1], q.dtype, capability)
+    cfg = _launch_config("dq", q.shape[-1], q.dtype, capability, dropout_p > 0.0)
     _attn_bwd_dq_kernel[(triton.cdiv(seqlen, cfg["BLOCK_M"]), heads, batch)](
         q, k, v, out, dout, lse, delta, dq, mask, spans, cu, sd,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(out, is_packed),
         *_strides3(dout, is_packed), *_strides3(dq, is_packed), *_lse_strides(lse, is_packed), stride_mb, stride_ms,
         *scalars, **meta, **cfg,
     )
-    cfg = _launch_config("dkdv", q.shape[-1], q.dtype, capability)
+    cfg = _launch_config("dkdv", q.shape[-1], q.dtype, capability, dropout_p > 0.0)
     _attn_bwd_dkdv_kernel[(triton.cdiv(seqlen, cfg["BLOCK_N"]), heads, batch)](
         q, k, v, dout, lse, delta, dk, dv, mask, spans, cu, sd,
         *_strides3(q, is_packed), *_strides3(k, is_packed), *_strides3(v, is_packed), *_strides3(dout, is_packed),
