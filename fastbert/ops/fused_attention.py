@@ -167,6 +167,24 @@ def _pairs_ok(MASK_ROW, stride_ms, offs_q, offs_k, lo, hi, holes, window, HAS_MA
 
 
 @triton.jit
+def _program_tile(SPANS, CU_SEQLENS, seqlen, BLOCK: tl.constexpr, IS_PACKED: tl.constexpr, HAS_MASK: tl.constexpr):
+    """The prologue every attention kernel shares: the first row of this program's tile (query rows for the forward
+    and dQ kernels, key rows for dK/dV), its head h and sequence b, and the sequence's (tok0 as int64, n_rows, lo, hi,
+    holes) from _sequence."""
+    start = tl.program_id(0) * BLOCK
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    tok_start, n_rows, lo, hi, holes = _sequence(SPANS, CU_SEQLENS, b, seqlen, IS_PACKED, HAS_MASK)
+    return start, h, b, tok_start.to(tl.int64), n_rows, lo, hi, holes
+
+
+@triton.jit
+def _head(X, b, h, tok0, stride_b, stride_h, stride_s):
+    """Pointer to row tok0 of head h of sequence b in a [batch, tokens, heads, ...]-strided tensor, in int64."""
+    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + tok0 * stride_s
+
+
+@triton.jit
 def _tile_mask(offs, bound, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """Mask of a [rows, BLOCK_D] tile: rows below ``bound``, and the real head_dim columns (all of them, folded away
     by the compiler, when head_dim is a power of two)."""
@@ -228,21 +246,15 @@ def _attn_fwd_kernel(
 ):
     """One program = BLOCK_M query rows of one (sequence b, head h): the inner key blocks without masks, then the
     boundary blocks with them."""
-    start_m = tl.program_id(0) * BLOCK_M
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    tok_start, n_rows, lo, hi, holes = _sequence(SPANS, CU_SEQLENS, b, seqlen, IS_PACKED, HAS_MASK)
+    start_m, h, b, tok0, n_rows, lo, hi, holes = _program_tile(SPANS, CU_SEQLENS, seqlen, BLOCK_M, IS_PACKED, HAS_MASK)
     if start_m < n_rows:
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        tok0 = tok_start.to(tl.int64)
-        b64 = b.to(tl.int64)
-        h64 = h.to(tl.int64)
-        MASK_ROW = MASK + b64 * stride_mb
-        q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + (tok0 + offs_m)[:, None] * stride_qs + offs_d[None, :]
+        MASK_ROW = MASK + b.to(tl.int64) * stride_mb
+        q_ptrs = _head(Q, b, h, tok0, stride_qb, stride_qh, stride_qs) + offs_m[:, None] * stride_qs + offs_d[None, :]
         q = tl.load(q_ptrs, mask=_tile_mask(offs_m, hi, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
-        K_base = K + b64 * stride_kb + h64 * stride_kh + tok0 * stride_ks
-        V_base = V + b64 * stride_vb + h64 * stride_vh + tok0 * stride_vs
+        K_base = _head(K, b, h, tok0, stride_kb, stride_kh, stride_ks)
+        V_base = _head(V, b, h, tok0, stride_vb, stride_vh, stride_vs)
         seed = tl.load(SEED) if HAS_DROPOUT else 0
         bh = b * num_heads + h
 
@@ -275,9 +287,9 @@ def _attn_fwd_kernel(
         acc = acc * (dropout_scale / l_safe)[:, None]
         acc = tl.where(q_tok[:, None], acc, 0.0)
         lse = tl.where(q_tok & has_keys, (m_i + tl.math.log2(l_safe)) / LOG2E_C, float("inf"))
-        o_ptrs = O + b64 * stride_ob + h64 * stride_oh + (tok0 + offs_m)[:, None] * stride_os + offs_d[None, :]
+        o_ptrs = _head(O, b, h, tok0, stride_ob, stride_oh, stride_os) + offs_m[:, None] * stride_os + offs_d[None, :]
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=_tile_mask(offs_m, n_rows, offs_d, HEAD_DIM, BLOCK_D))
-        tl.store(LSE + b64 * stride_lb + h64 * stride_lh + tok0 + offs_m, lse, mask=offs_m < n_rows)
+        tl.store(_head(LSE, b, h, tok0, stride_lb, stride_lh, 1) + offs_m, lse, mask=offs_m < n_rows)
 
 
 @triton.jit
@@ -320,29 +332,25 @@ def _attn_bwd_dq_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     """delta = rowsum(dO * O) (stored for the dK/dV kernel) and dQ = scale * dS K for BLOCK_M query rows."""
-    start_m = tl.program_id(0) * BLOCK_M
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    tok_start, n_rows, lo, hi, holes = _sequence(SPANS, CU_SEQLENS, b, seqlen, IS_PACKED, HAS_MASK)
+    start_m, h, b, tok0, n_rows, lo, hi, holes = _program_tile(SPANS, CU_SEQLENS, seqlen, BLOCK_M, IS_PACKED, HAS_MASK)
     if start_m < n_rows:
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        tok0 = tok_start.to(tl.int64)
-        b64 = b.to(tl.int64)
-        h64 = h.to(tl.int64)
-        MASK_ROW = MASK + b64 * stride_mb
-        rows = (tok0 + offs_m)[:, None]
+        MASK_ROW = MASK + b.to(tl.int64) * stride_mb
+        tile = offs_m[:, None] * stride_qs + offs_d[None, :]
         own = _tile_mask(offs_m, n_rows, offs_d, HEAD_DIM, BLOCK_D)
-        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + rows * stride_qs + offs_d[None, :],
+        q = tl.load(_head(Q, b, h, tok0, stride_qb, stride_qh, stride_qs) + tile,
                     mask=_tile_mask(offs_m, hi, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
-        do = tl.load(DO + b64 * stride_dob + h64 * stride_doh + rows * stride_dos + offs_d[None, :], mask=own, other=0.0)
-        o = tl.load(O + b64 * stride_ob + h64 * stride_oh + rows * stride_os + offs_d[None, :], mask=own, other=0.0)
+        do = tl.load(_head(DO, b, h, tok0, stride_dob, stride_doh, stride_dos) + offs_m[:, None] * stride_dos
+                     + offs_d[None, :], mask=own, other=0.0)
+        o = tl.load(_head(O, b, h, tok0, stride_ob, stride_oh, stride_os) + offs_m[:, None] * stride_os
+                    + offs_d[None, :], mask=own, other=0.0)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-        lse_off = b64 * stride_lb + h64 * stride_lh + tok0 + offs_m
+        lse_off = b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + tok0 + offs_m
         tl.store(DELTA + lse_off, delta, mask=offs_m < n_rows)
         lse2 = tl.load(LSE + lse_off, mask=offs_m < n_rows, other=float("inf")) * LOG2E_C
-        K_base = K + b64 * stride_kb + h64 * stride_kh + tok0 * stride_ks
-        V_base = V + b64 * stride_vb + h64 * stride_vh + tok0 * stride_vs
+        K_base = _head(K, b, h, tok0, stride_kb, stride_kh, stride_ks)
+        V_base = _head(V, b, h, tok0, stride_vb, stride_vh, stride_vs)
         seed = tl.load(SEED) if HAS_DROPOUT else 0
         bh = b * num_heads + h
 
@@ -364,8 +372,8 @@ def _attn_bwd_dq_kernel(
                            dropout_scale, True, HAS_MASK, WINDOWED, HAS_DROPOUT, HEAD_DIM, BLOCK_D, BLOCK_N,
                            DOT_PRECISION)
         dq = dq * softmax_scale
-        tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + rows * stride_dqs + offs_d[None, :],
-                 dq.to(DQ.dtype.element_ty), mask=own)
+        tl.store(_head(DQ, b, h, tok0, stride_dqb, stride_dqh, stride_dqs) + offs_m[:, None] * stride_dqs
+                 + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=own)
 
 
 @triton.jit
@@ -423,24 +431,19 @@ def _attn_bwd_dkdv_kernel(
 ):
     """dV = P~^T dO and dK = scale * dS^T Q for BLOCK_N key rows, looping over the query blocks that see them.
     Padding keys (outside the span or holes) get zero rows."""
-    start_n = tl.program_id(0) * BLOCK_N
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    tok_start, n_rows, lo, hi, holes = _sequence(SPANS, CU_SEQLENS, b, seqlen, IS_PACKED, HAS_MASK)
+    start_n, h, b, tok0, n_rows, lo, hi, holes = _program_tile(SPANS, CU_SEQLENS, seqlen, BLOCK_N, IS_PACKED, HAS_MASK)
     if start_n < n_rows:
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        tok0 = tok_start.to(tl.int64)
-        b64 = b.to(tl.int64)
-        h64 = h.to(tl.int64)
-        rows = (tok0 + offs_n)[:, None]
         kv_mask = _tile_mask(offs_n, hi, offs_d, HEAD_DIM, BLOCK_D)
-        k = tl.load(K + b64 * stride_kb + h64 * stride_kh + rows * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b64 * stride_vb + h64 * stride_vh + rows * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
-        Q_base = Q + b64 * stride_qb + h64 * stride_qh + tok0 * stride_qs
-        DO_base = DO + b64 * stride_dob + h64 * stride_doh + tok0 * stride_dos
-        LSE_base = LSE + b64 * stride_lb + h64 * stride_lh + tok0
-        DELTA_base = DELTA + b64 * stride_lb + h64 * stride_lh + tok0
+        k = tl.load(_head(K, b, h, tok0, stride_kb, stride_kh, stride_ks) + offs_n[:, None] * stride_ks
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(_head(V, b, h, tok0, stride_vb, stride_vh, stride_vs) + offs_n[:, None] * stride_vs
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        Q_base = _head(Q, b, h, tok0, stride_qb, stride_qh, stride_qs)
+        DO_base = _head(DO, b, h, tok0, stride_dob, stride_doh, stride_dos)
+        LSE_base = _head(LSE, b, h, tok0, stride_lb, stride_lh, 1)
+        DELTA_base = _head(DELTA, b, h, tok0, stride_lb, stride_lh, 1)
         seed = tl.load(SEED) if HAS_DROPOUT else 0
         bh = b * num_heads + h
 
@@ -463,14 +466,14 @@ def _attn_bwd_dkdv_kernel(
                                  start_n, offs_n, offs_d, hi, window, seed, bh, qk_scale, dropout_threshold,
                                  dropout_scale, True, WINDOWED, HAS_DROPOUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
                                  DOT_PRECISION)
-        k_tok = _is_token(MASK + b64 * stride_mb, stride_ms, offs_n, lo, hi, holes, HAS_MASK)[:, None]
+        k_tok = _is_token(MASK + b.to(tl.int64) * stride_mb, stride_ms, offs_n, lo, hi, holes, HAS_MASK)[:, None]
         own = _tile_mask(offs_n, n_rows, offs_d, HEAD_DIM, BLOCK_D)
         dk = tl.where(k_tok, dk * softmax_scale, 0.0)
         dv = tl.where(k_tok, dv, 0.0)
-        tl.store(DK + b64 * stride_dkb + h64 * stride_dkh + rows * stride_dks + offs_d[None, :],
-                 dk.to(DK.dtype.element_ty), mask=own)
-        tl.store(DV + b64 * stride_dvb + h64 * stride_dvh + rows * stride_dvs + offs_d[None, :],
-                 dv.to(DV.dtype.element_ty), mask=own)
+        tl.store(_head(DK, b, h, tok0, stride_dkb, stride_dkh, stride_dks) + offs_n[:, None] * stride_dks
+                 + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=own)
+        tl.store(_head(DV, b, h, tok0, stride_dvb, stride_dvh, stride_dvs) + offs_n[:, None] * stride_dvs
+                 + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=own)
 
 
 # ----------------------------------------------------------------------------------------------------------------
