@@ -41,7 +41,7 @@ class BertConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float | None = None
-    attn_implementation: str = "eager"
+    attn_implementation: str = "auto"
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from fastbert import BertConfig
 def test_defaults_are_bert_base():
     c = BertConfig()
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (768, 12, 12, 3072)
-    assert c.layer_norm_eps == 1e-12 and c.hidden_act == "gelu" and c.attn_implementation == "eager"
+    assert c.layer_norm_eps == 1e-12 and c.hidden_act == "gelu" and c.attn_implementation == "auto"
 
 
 def test_json_round_trip_keeps_unknown_keys(tmp_path):
@@ -49,7 +49,7 @@ def test_model_does_not_mutate_callers_config():
     c = BertConfig(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_hidden_layers=1, vocab_size=100)
     m = fastbert.BertModel(c)
     m.set_attn_implementation("sdpa")
-    assert c.attn_implementation == "eager" and m.config.attn_implementation == "sdpa"
+    assert c.attn_implementation == "auto" and m.config.attn_implementation == "sdpa"
     assert m.encoder.layer[0].attention.self.config.attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="attn_implementation"):
         m.set_attn_implementation("nope")

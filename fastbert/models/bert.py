@@ -462,7 +462,8 @@ class BertModel(BertPreTrainedModel):
         else:
             if position_ids is None:
                 position_ids = self.embeddings.position_ids[:, : input_ids.shape[1]].expand_as(input_ids)
-            unpadded = None if compiling else self._maybe_unpad(attention_mask)  # data-dependent shapes: not traced
+            if not compiling:  # data-dependent shapes: not traced
+                unpadded, attention_mask = self._maybe_unpad(attention_mask)
             if unpadded is None:
                 attn = AttentionInputs(attention_mask=attention_mask)
             else:
@@ -486,15 +487,19 @@ class BertModel(BertPreTrainedModel):
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
 
-    def _maybe_unpad(self, attention_mask: torch.Tensor | None) -> padding.Unpadded | None:
-        """The packed layout of this padded batch when the path's rule (or ``self.unpad``) says to unpad, else None."""
+    def _maybe_unpad(self, attention_mask: torch.Tensor | None) -> tuple[padding.Unpadded | None, torch.Tensor | None]:
+        """(packed layout, mask): the packed layout of this padded batch when the path's rule (or ``self.unpad``) says
+        to unpad, else None; the mask becomes None when nothing is padded (attention then runs unmasked)."""
         if attention_mask is None or self.unpad == "never":
-            return None
+            return None, attention_mask
         seqlens = attention_mask.sum(1, dtype=torch.int32)
         seqlens_host = seqlens.cpu()  # the one device->host copy of the unpadded path: [batch] ints
-        if not self.path.unpads(int(seqlens_host.sum()), attention_mask.numel(), self.unpad):
-            return None
-        return padding.unpad(attention_mask, seqlens, seqlens_host)
+        real = int(seqlens_host.sum())
+        if real == attention_mask.numel() and self.unpad != "always":
+            return None, None
+        if not self.path.unpads(real, attention_mask.numel(), self.unpad):
+            return None, attention_mask
+        return padding.unpad(attention_mask, seqlens, seqlens_host), attention_mask
 
 
 _HF_PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -94,6 +95,26 @@ def _padded_only(fn: Callable) -> Callable:
     return attention
 
 
+_bounds_cache: tuple = (None, None, None)  # (weak ref to cu_seqlens, its version, host list): one read per forward
+
+
+def _sdpa_attention(q, k, v, attn: AttentionInputs, dropout_p: float):
+    """The sdpa path: transformers' SDPA attention on padded batches; packed batches run one unmasked SDPA call per
+    sequence (no padding rebuilt, SDPA's fastest kernel), with cu_seqlens read on the host once per forward."""
+    if not attn.packed:
+        return reference.sdpa_attention(q, k, v, attn.attention_mask, dropout_p)
+    if torch.compiler.is_compiling():  # host-side bounds are data-dependent: trace the padded form instead
+        return _padded_only(reference.sdpa_attention)(q, k, v, attn, dropout_p)
+    global _bounds_cache
+    cu = attn.cu_seqlens
+    ref, version, bounds = _bounds_cache
+    key = -1 if cu.is_inference() else cu._version
+    if ref is None or ref() is not cu or version != key:
+        bounds = cu.tolist()
+        _bounds_cache = (weakref.ref(cu), key, bounds)
+    return reference.sdpa_attention_packed(q, k, v, cu, dropout_p, bounds=bounds)
+
+
 def _add_layer_norm(x, residual, ln: nn.LayerNorm, dropout_p: float):
     return ln(F.dropout(x, dropout_p, training=dropout_p > 0.0) + residual)
 
@@ -151,8 +172,7 @@ def kernels(path: str) -> Kernels:
         return Kernels("eager", _project_qkv, _padded_only(reference.eager_attention), _add_layer_norm, _layer_norm,
                        _dense_act)
     if path == "sdpa":
-        return Kernels("sdpa", _project_qkv, _padded_only(reference.sdpa_attention), _add_layer_norm, _layer_norm,
-                       _dense_act)
+        return Kernels("sdpa", _project_qkv, _sdpa_attention, _add_layer_norm, _layer_norm, _dense_act)
     raise ValueError(f"unknown path {path!r} (one of {PATHS})")
 
 

@@ -135,6 +135,21 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_
     return out.transpose(1, 2)
 
 
+def sdpa_attention_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                          dropout_p: float = 0.0, softmax_scale: float | None = None,
+                          bounds: list[int] | None = None) -> torch.Tensor:
+    """Packed attention on torch SDPA without padding: one unmasked SDPA call per sequence (q, k, v
+    ``[total, heads, head_dim]``, ``bounds`` the host copy of cu_seqlens when the caller has it). The sdpa path's
+    padding-free attention: no [batch, max_seqlen] padding, no mask, so SDPA's fastest kernel on every sequence."""
+    bounds = cu_seqlens.tolist() if bounds is None else bounds
+    out = torch.empty_like(q)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            seq = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))  # [1, heads, n, head_dim]
+            out[start:end] = F.scaled_dot_product_attention(*seq, dropout_p=dropout_p, scale=softmax_scale)[0].transpose(0, 1)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # dropout + residual + LayerNorm, bias + GELU
 # --------------------------------------------------------------------------------------------------------------
