@@ -16,6 +16,13 @@ K_OUT, K_GRAD = 2.0, 3.0
 ATOL_RTOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
 
 
+def assert_runs_identical(runs) -> None:
+    """Every run (a sequence of tensors) equals the first one bit for bit."""
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert torch.equal(a, c)
+
+
 def maxerr(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
 
@@ -205,3 +212,32 @@ def packed_batch(padded: dict[str, torch.Tensor]) -> dict:
     out["cu_seqlens"] = seqlens_to_cu_seqlens(lengths)
     out["max_seqlen"] = int(lengths.max())
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a corpus and a config.json for the pretraining / fine-tuning CLIs
+# ----------------------------------------------------------------------------------------------------------------
+CLI_TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+                   "max_position_embeddings": 64}
+
+
+def write_cli_inputs(folder, config: dict | None = None):
+    """(corpus.txt, tiny.json) written into folder: make_documents() as a text corpus and CLI_TINY_CONFIG."""
+    import json
+
+    text = folder / "corpus.txt"
+    text.write_text("\n\n".join(make_documents()) + "\n", encoding="utf-8")
+    path = folder / "tiny.json"
+    path.write_text(json.dumps(config or CLI_TINY_CONFIG), encoding="utf-8")
+    return text, path
+
+
+def make_documents(n_docs=24, seed=0):
+    """Documents of made-up sentences over a small vocabulary (a WordPiece vocab trains on it in milliseconds)."""
+    import random
+
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "bu", "da", "fe"]
+    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(150)})
+    return [" ".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))).capitalize() + "."
+                     for _ in range(rng.randint(4, 8))) for _ in range(n_docs)]

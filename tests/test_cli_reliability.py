@@ -34,28 +34,17 @@ from fastbert.finetune import main as finetune
 from fastbert.pretrain import main as pretrain
 from fastbert.training.checkpoint import CHECKPOINT_NAME, LOG_NAME, CheckpointFile, read_log
 from fastbert.training.errors import OutputError
+from helpers import CLI_TINY_CONFIG, write_cli_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-        "max_position_embeddings": 64}
-
-
-def _documents(n_docs=24, seed=0):
-    rng = random.Random(seed)
-    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "bu", "da", "fe"]
-    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(150)})
-    return [" ".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))).capitalize() + "."
-                     for _ in range(rng.randint(4, 8))) for _ in range(n_docs)]
+TINY = CLI_TINY_CONFIG
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Corpus, tiny config, labelled CSV, and a pretraining run of 8 steps stopped after 4 (checkpoint + export)."""
     folder = tmp_path_factory.mktemp("reliability")
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n\n".join(_documents()) + "\n", encoding="utf-8")
-    config = folder / "tiny.json"
-    config.write_text(json.dumps(TINY), encoding="utf-8")
+    corpus, config = write_cli_inputs(folder)
     labelled = folder / "labelled.csv"
     rng = random.Random(1)
     with open(labelled, "w", newline="", encoding="utf-8") as f:

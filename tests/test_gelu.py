@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fastbert.ops import bias_gelu
 from fastbert.ops.fused_gelu import BiasGeluFn
 from fastbert.ops.reference import bias_gelu_ref
-from helpers import FLOOR, K_GRAD, K_OUT, maxerr
+from helpers import FLOOR, K_GRAD, K_OUT, assert_runs_identical, maxerr
 
 CPU_DTYPES = [torch.float32, torch.float16]
 
@@ -258,9 +258,7 @@ def test_gpu_backward_deterministic_large(device):
     b = torch.randn(3072, device=device, requires_grad=True)
     dy = torch.randn_like(x)
     runs = [torch.autograd.grad(BiasGeluFn.apply(x, b, False), [x, b], dy) for _ in range(3)]
-    for other in runs[1:]:
-        for a, c in zip(runs[0], other):
-            assert torch.equal(a, c)
+    assert_runs_identical(runs)
 
 
 # ---------------------------------------------------------------------------------------------------------------

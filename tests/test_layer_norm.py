@@ -11,7 +11,8 @@ from fastbert.ops import layer_norm
 from fastbert.ops._common import draw_seed, effective_dropout_p
 from fastbert.ops.fused_layer_norm import MAX_HIDDEN, LayerNormFn
 from fastbert.ops.reference import layer_norm_ref
-from helpers import FLOOR, K_GRAD, K_OUT, keep_mask, layer_norm_with_keep_mask, maxerr, seed_of_next_op
+from helpers import (FLOOR, K_GRAD, K_OUT, assert_runs_identical, keep_mask, layer_norm_with_keep_mask, maxerr,
+                     seed_of_next_op)
 
 
 def dropout_mask(seed, rows, cols, p):
@@ -371,9 +372,7 @@ def test_gpu_backward_deterministic_large(device):
     seed = draw_seed(device)
     dy = torch.randn(16384, 768, device=device, dtype=torch.bfloat16)
     runs = [torch.autograd.grad(LayerNormFn.apply(x, w, b, r, seed, 1e-12, 0.1), [x, r, w, b], dy) for _ in range(3)]
-    for other in runs[1:]:
-        for a, c in zip(runs[0], other):
-            assert torch.equal(a, c)
+    assert_runs_identical(runs)
 
 
 # ---------------------------------------------------------------------------------------------------------------

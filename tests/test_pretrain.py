@@ -7,7 +7,6 @@ on CPU; most runs call ``main(argv)`` in-process, the CLI and torchrun runs use 
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,34 +17,16 @@ import torch
 from fastbert import BertForPreTraining, BertForSequenceClassification
 from fastbert.pretrain import main
 from fastbert.training.checkpoint import CHECKPOINT_NAME, LOG_NAME, read_log
+from helpers import CLI_TINY_CONFIG, make_documents, write_cli_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-               "max_position_embeddings": 64}
-
-
-def make_documents(n_docs=24, seed=0):
-    """Documents of made-up sentences over a small vocabulary (a WordPiece vocab trains on it in milliseconds)."""
-    rng = random.Random(seed)
-    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "bu", "da", "fe"]
-    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(150)})
-    docs = []
-    for _ in range(n_docs):
-        sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))).capitalize() + "."
-                     for _ in range(rng.randint(4, 8))]
-        docs.append(" ".join(sentences))
-    return docs
+TINY_CONFIG = CLI_TINY_CONFIG
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """(text corpus path, tiny config.json path) shared by the file's tests."""
-    folder = tmp_path_factory.mktemp("corpus")
-    text = folder / "corpus.txt"
-    text.write_text("\n\n".join(make_documents()) + "\n", encoding="utf-8")
-    config = folder / "tiny.json"
-    config.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
-    return text, config
+    return write_cli_inputs(tmp_path_factory.mktemp("corpus"))
 
 
 def base_args(corpus, output, *extra):
