@@ -179,9 +179,10 @@ def _program_tile(SPANS, CU_SEQLENS, seqlen, BLOCK: tl.constexpr, IS_PACKED: tl.
 
 
 @triton.jit
-def _head(X, b, h, tok0, stride_b, stride_h, stride_s):
-    """Pointer to row tok0 of head h of sequence b in a [batch, tokens, heads, ...]-strided tensor, in int64."""
-    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + tok0 * stride_s
+def _head(X, b, h, rows, stride_b, stride_h, stride_s):
+    """Pointer(s) to token row(s) ``rows`` (int64: a scalar, or a column of rows) of head h of sequence b in a
+    [batch, tokens, heads, ...]-strided tensor, all offsets in int64."""
+    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + rows * stride_s
 
 
 @triton.jit
@@ -251,7 +252,8 @@ def _attn_fwd_kernel(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         MASK_ROW = MASK + b.to(tl.int64) * stride_mb
-        q_ptrs = _head(Q, b, h, tok0, stride_qb, stride_qh, stride_qs) + offs_m[:, None] * stride_qs + offs_d[None, :]
+        rows = (tok0 + offs_m)[:, None]
+        q_ptrs = _head(Q, b, h, rows, stride_qb, stride_qh, stride_qs) + offs_d[None, :]
         q = tl.load(q_ptrs, mask=_tile_mask(offs_m, hi, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
         K_base = _head(K, b, h, tok0, stride_kb, stride_kh, stride_ks)
         V_base = _head(V, b, h, tok0, stride_vb, stride_vh, stride_vs)
@@ -287,9 +289,9 @@ def _attn_fwd_kernel(
         acc = acc * (dropout_scale / l_safe)[:, None]
         acc = tl.where(q_tok[:, None], acc, 0.0)
         lse = tl.where(q_tok & has_keys, (m_i + tl.math.log2(l_safe)) / LOG2E_C, float("inf"))
-        o_ptrs = _head(O, b, h, tok0, stride_ob, stride_oh, stride_os) + offs_m[:, None] * stride_os + offs_d[None, :]
+        o_ptrs = _head(O, b, h, rows, stride_ob, stride_oh, stride_os) + offs_d[None, :]
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=_tile_mask(offs_m, n_rows, offs_d, HEAD_DIM, BLOCK_D))
-        tl.store(_head(LSE, b, h, tok0, stride_lb, stride_lh, 1) + offs_m, lse, mask=offs_m < n_rows)
+        tl.store(_head(LSE, b, h, tok0 + offs_m, stride_lb, stride_lh, 1), lse, mask=offs_m < n_rows)
 
 
 @triton.jit
@@ -337,16 +339,14 @@ def _attn_bwd_dq_kernel(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         MASK_ROW = MASK + b.to(tl.int64) * stride_mb
-        tile = offs_m[:, None] * stride_qs + offs_d[None, :]
+        rows = (tok0 + offs_m)[:, None]
         own = _tile_mask(offs_m, n_rows, offs_d, HEAD_DIM, BLOCK_D)
-        q = tl.load(_head(Q, b, h, tok0, stride_qb, stride_qh, stride_qs) + tile,
+        q = tl.load(_head(Q, b, h, rows, stride_qb, stride_qh, stride_qs) + offs_d[None, :],
                     mask=_tile_mask(offs_m, hi, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
-        do = tl.load(_head(DO, b, h, tok0, stride_dob, stride_doh, stride_dos) + offs_m[:, None] * stride_dos
-                     + offs_d[None, :], mask=own, other=0.0)
-        o = tl.load(_head(O, b, h, tok0, stride_ob, stride_oh, stride_os) + offs_m[:, None] * stride_os
-                    + offs_d[None, :], mask=own, other=0.0)
+        do = tl.load(_head(DO, b, h, rows, stride_dob, stride_doh, stride_dos) + offs_d[None, :], mask=own, other=0.0)
+        o = tl.load(_head(O, b, h, rows, stride_ob, stride_oh, stride_os) + offs_d[None, :], mask=own, other=0.0)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-        lse_off = b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + tok0 + offs_m
+        lse_off = _head(0, b, h, tok0 + offs_m, stride_lb, stride_lh, 1)
         tl.store(DELTA + lse_off, delta, mask=offs_m < n_rows)
         lse2 = tl.load(LSE + lse_off, mask=offs_m < n_rows, other=float("inf")) * LOG2E_C
         K_base = _head(K, b, h, tok0, stride_kb, stride_kh, stride_ks)
@@ -372,8 +372,8 @@ def _attn_bwd_dq_kernel(
                            dropout_scale, True, HAS_MASK, WINDOWED, HAS_DROPOUT, HEAD_DIM, BLOCK_D, BLOCK_N,
                            DOT_PRECISION)
         dq = dq * softmax_scale
-        tl.store(_head(DQ, b, h, tok0, stride_dqb, stride_dqh, stride_dqs) + offs_m[:, None] * stride_dqs
-                 + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=own)
+        tl.store(_head(DQ, b, h, rows, stride_dqb, stride_dqh, stride_dqs) + offs_d[None, :],
+                 dq.to(DQ.dtype.element_ty), mask=own)
 
 
 @triton.jit
@@ -435,11 +435,10 @@ def _attn_bwd_dkdv_kernel(
     if start_n < n_rows:
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
+        rows = (tok0 + offs_n)[:, None]
         kv_mask = _tile_mask(offs_n, hi, offs_d, HEAD_DIM, BLOCK_D)
-        k = tl.load(_head(K, b, h, tok0, stride_kb, stride_kh, stride_ks) + offs_n[:, None] * stride_ks
-                    + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(_head(V, b, h, tok0, stride_vb, stride_vh, stride_vs) + offs_n[:, None] * stride_vs
-                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(_head(K, b, h, rows, stride_kb, stride_kh, stride_ks) + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(_head(V, b, h, rows, stride_vb, stride_vh, stride_vs) + offs_d[None, :], mask=kv_mask, other=0.0)
         Q_base = _head(Q, b, h, tok0, stride_qb, stride_qh, stride_qs)
         DO_base = _head(DO, b, h, tok0, stride_dob, stride_doh, stride_dos)
         LSE_base = _head(LSE, b, h, tok0, stride_lb, stride_lh, 1)
@@ -470,10 +469,10 @@ def _attn_bwd_dkdv_kernel(
         own = _tile_mask(offs_n, n_rows, offs_d, HEAD_DIM, BLOCK_D)
         dk = tl.where(k_tok, dk * softmax_scale, 0.0)
         dv = tl.where(k_tok, dv, 0.0)
-        tl.store(_head(DK, b, h, tok0, stride_dkb, stride_dkh, stride_dks) + offs_n[:, None] * stride_dks
-                 + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=own)
-        tl.store(_head(DV, b, h, tok0, stride_dvb, stride_dvh, stride_dvs) + offs_n[:, None] * stride_dvs
-                 + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=own)
+        tl.store(_head(DK, b, h, rows, stride_dkb, stride_dkh, stride_dks) + offs_d[None, :],
+                 dk.to(DK.dtype.element_ty), mask=own)
+        tl.store(_head(DV, b, h, rows, stride_dvb, stride_dvh, stride_dvs) + offs_d[None, :],
+                 dv.to(DV.dtype.element_ty), mask=own)
 
 
 # ----------------------------------------------------------------------------------------------------------------
