@@ -357,29 +357,12 @@ def run(targets: list[int], quick: bool = False, only: tuple[str, ...] = OPS, jo
         "python": platform.python_version(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "targets": [f"sm_{t}" for t in targets], "quick": quick, "ops": list(only), "jobs": jobs,
         "ptxas": _tool_version("ptxas"), "ptxas_blackwell": _tool_version("ptxas-blackwell"),
-        "cuobjdump": _tool_version("cuobjdump"), "kernel_sources": kernel_sources_hash(),
+        "cuobjdump": _tool_version("cuobjdump"), "kernel_sources": triton_static.kernel_sources_hash(),
         "unique_variants": len(launches), "record_s": round(t_record, 1),
         "wall_s": round(time.perf_counter() - t0, 1), "host": f"{platform.machine()}, {os.cpu_count()} cores",
         "sm_limits": {f"sm_{t}": vars(triton_static.SM_LIMITS[t]) for t in targets if t in triton_static.SM_LIMITS},
     }
     return {"environment": env, "specializations": specs, "variants": rows}
-
-
-KERNEL_SOURCES = ("fastbert/ops/fused_attention.py", "fastbert/ops/fused_layer_norm.py", "fastbert/ops/fused_gelu.py",
-                  "fastbert/ops/_common.py", "benchmarks/fa2_peer.py")
-
-
-def kernel_sources_hash() -> str:
-    """sha256 over the files that decide what the report compiles (kernels, launch configs, the peer): a report whose
-    ``environment.kernel_sources`` differs from this describes other code and must be regenerated (make static)."""
-    import hashlib
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    digest = hashlib.sha256()
-    for rel in KERNEL_SOURCES:
-        with open(os.path.join(root, rel), "rb") as f:
-            digest.update(rel.encode() + b"\0" + f.read() + b"\0")
-    return digest.hexdigest()
 
 
 def write_json(report: dict[str, Any], path: str) -> None:

@@ -517,3 +517,20 @@ def compile_and_analyze(launch: Launch) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - reported per variant
         msg = str(exc).strip().splitlines()
         return {"error": f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]}
+
+
+KERNEL_SOURCES = ("fastbert/ops/fused_attention.py", "fastbert/ops/fused_layer_norm.py", "fastbert/ops/fused_gelu.py",
+                  "fastbert/ops/_common.py", "benchmarks/fa2_peer.py")
+
+
+def kernel_sources_hash() -> str:
+    """sha256 over the files that decide what the report compiles (kernels, launch configs, the peer): a report whose
+    ``environment.kernel_sources`` differs from this describes other code and must be regenerated (make static)."""
+    import hashlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for rel in KERNEL_SOURCES:
+        with open(os.path.join(root, rel), "rb") as f:
+            digest.update(rel.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()

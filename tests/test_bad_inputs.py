@@ -781,6 +781,21 @@ COLLATOR_CASES = {
         lambda: _mlm(pad_to_multiple_of=8, packed=True),
         ValueError, r"^pad_to_multiple_of applies to the padded layout only"),
     "MLMCollator num_threads -1": (lambda: _mlm(num_threads=-1), ValueError, r"^num_threads must be >= 0"),
+    "MLMCollator num_threads 2^40": (lambda: _mlm(num_threads=2**40), ValueError, r"^num_threads must be <= 1024"),
+    "MLMCollator pad_to_multiple_of 2^40": (
+        lambda: _mlm(pad_to_multiple_of=2**40),
+        ValueError, r"^pad_to_multiple_of must be <= 65536"),
+    "MLMCollator continuation_table without whole_word_mask": (
+        lambda: _mlm(continuation_table=np.zeros(300, bool)),
+        ValueError, r"^continuation_table is only used with whole_word_mask=True"),
+    "collate pad_token_id 2^70": (
+        lambda: collate([[1, 2]], pad_token_id=2**70),
+        ValueError, r"^pad_token_id must be <= 9223372036854775807"),
+    "collate pad_token_id -1": (lambda: collate([[1, 2]], pad_token_id=-1), ValueError, r"^pad_token_id must be >= 0"),
+    "collate num_threads 2^40": (lambda: collate([[1, 2]], num_threads=2**40), ValueError, r"^num_threads must be <= 1024"),
+    "collate pad_to_multiple_of 2^40": (
+        lambda: collate([[1, 2]], pad_to_multiple_of=2**40),
+        ValueError, r"^pad_to_multiple_of must be <= 65536"),
     "MLMCollator seed float": (lambda: _mlm(seed=1.5), TypeError, r"^seed must be an int"),
     "MLMCollator epoch -1": (lambda: _mlm(epoch=-1), ValueError, r"^epoch must be >= 0"),
     "MLMCollator whole_word_mask without table": (

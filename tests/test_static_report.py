@@ -68,13 +68,19 @@ print(json.dumps({"phases": [p for p, _ in recorded], "spec": fwd.specialization
 """
 
 
-def test_one_variant_compiles_for_sm90():
-    pytest.importorskip("triton")
+@pytest.fixture(scope="module")
+def one_variant():
+    """The BERT-base packed bf16 attention (forward, dQ, dK/dV) recorded and its forward + FA2 peer compiled for
+    sm_90, now, in a subprocess without TRITON_INTERPRET."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, "-c", _ONE_VARIANT], capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_one_variant_compiles_for_sm90(one_variant):
+    out = one_variant
     assert out["phases"] == ["fwd", "bwd", "bwd"]  # forward, then dQ and dK/dV
     spec = out["spec"]
     assert spec["pointers"]["Q"] == "bf16" and spec["pointers"]["CU_SEQLENS"] == "i32"
@@ -129,3 +135,76 @@ def test_sequence_length_is_not_specialized():
     proc = subprocess.run([sys.executable, "-c", _LENGTHS], capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"True": 1, "False": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the committed report (benchmarks/results/static-report-<date>.json, the newest): it describes this code, and what
+# it says holds for every variant on every target
+# ---------------------------------------------------------------------------------------------------------------
+TARGETS = ["sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"]
+# the tensor-core instruction each architecture's attention loops must issue: mma.sync (HMMA), wgmma (HGMMA) on
+# Hopper, tcgen05 (UTC*MMA) on datacenter Blackwell
+TENSOR_CORE = {"sm_80": "HMMA", "sm_86": "HMMA", "sm_89": "HMMA", "sm_90": "HGMMA", "sm_100": "UTC", "sm_120": "HMMA"}
+
+
+@pytest.fixture(scope="module")
+def committed_report():
+    import glob
+
+    paths = sorted(glob.glob(os.path.join(REPO, "benchmarks", "results", "static-report-*.json")))
+    assert paths, "no committed static report: run make static and commit benchmarks/results/static-report-<date>.json"
+    with open(paths[-1], encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_committed_report_describes_this_code(committed_report):
+    env = committed_report["environment"]
+    assert env.get("kernel_sources") == ts.kernel_sources_hash(), (
+        "the kernels, their launch configs or the FA2 peer changed after the committed static report was made: run "
+        "make static and commit the new benchmarks/results/static-report-<date>.json")
+    assert env["targets"] == TARGETS and not env["quick"] and env["ops"] == ["attention", "layer_norm", "bias_gelu"]
+
+
+def test_committed_report_every_variant_compiles_fits_and_does_not_spill(committed_report):
+    env, rows = committed_report["environment"], committed_report["variants"]
+    ours = [r for r in rows if not r.get("is_peer")]
+    for target in TARGETS:
+        mine = [r for r in ours if f"sm_{r['target']}" == target]
+        kernels = {r["kernel"] for r in mine}
+        assert {"_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel", "_layer_norm_fwd_kernel",
+                "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel"} <= kernels, target
+        # every attention case: 3 head sizes x 2 dtypes x padded/packed x dropout or not, three kernels each
+        cases = {(r["params"]["head_dim"], r["params"]["dtype"], r["params"]["layout"], r["params"]["dropout_p"] > 0)
+                 for r in mine if r["op"] == "attention"}
+        assert len(cases) == 24, (target, sorted(cases))
+    limits = env["sm_limits"]
+    for r in rows:
+        where = f"sm_{r['target']} {r['kernel']} {r['case']} {r['cfg']}"
+        assert "error" not in r, f"{where}: {r.get('error')}"
+        assert r["smem_static"] + r["smem_dynamic"] <= limits[f"sm_{r['target']}"]["smem_block"], where
+        assert 0 < r["registers"] <= 255, where
+        if not r.get("is_peer"):
+            assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, f"{where} spills"
+            assert r["occupancy"] and r["occupancy"] > 0, where
+
+
+def test_committed_report_attention_loops_use_tensor_cores(committed_report):
+    for r in committed_report["variants"]:
+        if r["op"] != "attention":
+            continue
+        target = f"sm_{r['target']}"
+        where = f"{target} {r['kernel']} {r['case']}"
+        assert r["main_loop_tensor_core"] > 0, f"{where}: no tensor-core instruction in the main loop"
+        assert any(kind.startswith(TENSOR_CORE[target]) for kind in r["tensor_core"]), (where, r["tensor_core"])
+        if r["phase"] == "fwd" and not r.get("is_peer"):
+            assert r["ratio_vs_peer"] is not None and r["peer_main_loop_instrs"] > 0, where
+
+
+def test_live_compile_agrees_with_committed_report(committed_report, one_variant):
+    """One variant compiled now (sm_90, BERT-base packed bf16 forward) gives the registers, spills and main-loop size
+    the committed report holds for it: the report is what this Triton makes of this code."""
+    live = one_variant["fwd"]
+    (row,) = [r for r in committed_report["variants"] if r["target"] == 90 and r["kernel"] == "_attn_fwd_kernel"
+              and r["case"] == "bf16 d64 packed"]
+    for key in ("registers", "spill_store_bytes", "spill_load_bytes", "main_loop_instrs", "main_loop_tensor_core"):
+        assert live[key] == row[key], (key, live[key], row[key])

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numbers
 
 
-def check_int(name: str, value, *, minimum: int | None = None, allow_none: bool = False):
+MAX_THREADS = 1024  # num_threads above this is a mistake, not a machine
+MAX_PAD_MULTIPLE = 1 << 16  # pad_to_multiple_of: a tile size, never more than a sequence could be
+
+
+def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None, allow_none: bool = False):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -13,7 +17,18 @@ def check_int(name: str, value, *, minimum: int | None = None, allow_none: bool 
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def check_layout(pad_to_multiple_of, packed: bool, num_threads) -> tuple[int | None, int]:
+    """(pad_to_multiple_of, num_threads) of a collation, checked: the padding multiple applies to the padded layout
+    only and stays a tile size; num_threads >= 0 (0 = all cores) and at most MAX_THREADS."""
+    if packed and pad_to_multiple_of:
+        raise ValueError("pad_to_multiple_of applies to the padded layout only; packed=True has no padding")
+    return (check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1, maximum=MAX_PAD_MULTIPLE, allow_none=True),
+            check_int("num_threads", num_threads, minimum=0, maximum=MAX_THREADS))
 
 
 def check_probability(name: str, value) -> float:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ._checks import check_int, check_probability, check_split
+from ._checks import check_int, check_layout, check_probability, check_split
 from ._ext import _C
 from .masking import MASK64, masking_config
 from .tokenizer import SpecialTokens, VocabLike, continuation_table_from_vocab
@@ -43,12 +43,10 @@ def collate(input_ids: Sequence, token_type_ids: Sequence | None = None, *, pad_
     Returns:
         dict of tensors described in the module docstring (no labels).
     """
-    if packed and pad_to_multiple_of:
-        raise ValueError("pad_to_multiple_of applies to the padded layout only; packed=True has no padding")
-    pad = check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1, allow_none=True) or 0
+    pad, threads = check_layout(pad_to_multiple_of, packed, num_threads)
     out = _C.collate(_as_list("input_ids", input_ids), None if token_type_ids is None else _as_list("token_type_ids", token_type_ids),
-                     check_int("pad_token_id", pad_token_id, minimum=0), None, 0, None, pad, bool(packed),
-                     check_int("num_threads", num_threads, minimum=0))
+                     check_int("pad_token_id", pad_token_id, minimum=0, maximum=2**63 - 1), None, 0, None, pad or 0,
+                     bool(packed), threads)
     return _to_torch(out)
 
 
@@ -133,18 +131,17 @@ class MLMCollator:
         self.mlm_probability = check_probability("mlm_probability", mlm_probability)
         self.split = check_split(split)
         self.whole_word_mask = bool(whole_word_mask)
+        if continuation_table is not None and not self.whole_word_mask:
+            raise ValueError("continuation_table is only used with whole_word_mask=True; pass both, or neither")
         self.continuation_table = None if continuation_table is None else np.asarray(continuation_table)
         self.exact_count = bool(exact_count)
         self.max_predictions_per_seq = max_predictions_per_seq
         self.extra_special_ids = tuple(check_int(f"extra_special_ids[{i}]", s) for i, s in enumerate(extra_special_ids))
         _check_special_ids(self.special_tokens, self.extra_special_ids)
-        if packed and pad_to_multiple_of:
-            raise ValueError("pad_to_multiple_of applies to the padded layout only; packed=True has no padding")
-        self.pad_to_multiple_of = check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1, allow_none=True)
+        self.pad_to_multiple_of, self.num_threads = check_layout(pad_to_multiple_of, packed, num_threads)
         self.packed = bool(packed)
         self.seed = check_int("seed", seed) & MASK64
         self.epoch = check_int("epoch", epoch, minimum=0)
-        self.num_threads = check_int("num_threads", num_threads, minimum=0)
         self._calls = 0
         self._config = self._build_config()
 
