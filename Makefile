@@ -18,7 +18,7 @@ PIP_EXTRA ?=
 STAMP := $(VENV)/.fastbert-installed
 PYTEST_ARGS ?=
 
-.PHONY: test bench bench-quick static asan install info clean gpu-build gpu-test gpu-bench gpu-check
+.PHONY: test bench bench-quick static compat asan install info clean gpu-build gpu-test gpu-bench gpu-check
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,22 @@ STATIC_ARGS ?=
 static: $(STAMP)
 	$(VPY) benchmarks/static_report.py $(STATIC_ARGS)
 
+# The version floor (pyproject's torch>=2.11, triton>=3.6): the CPU test suite in a second virtualenv with the oldest
+# supported pair. PyPI has no CPU build of torch 2.11, so this installs its CUDA build with the NVIDIA libraries
+# (about 4 GB; the tests still run on the CPU). Triton 3.6's interpreter needs numpy < 2.3.
+COMPAT_VENV ?= .venv-compat
+COMPAT_SPEC ?= torch==2.11.0 triton==3.6.0 numpy<2.3
+COMPAT_STAMP := $(COMPAT_VENV)/.fastbert-installed
+$(COMPAT_STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q $(PIP_EXTRA) $(foreach s,$(COMPAT_SPEC),"$(s)") "setuptools>=64" "pybind11>=2.12" ninja wheel
+	$(COMPAT_VENV)/bin/python -m pip install -q $(PIP_EXTRA) --no-build-isolation -e ".[test]" $(foreach s,$(COMPAT_SPEC),"$(s)")
+	touch $@
+
+compat: $(COMPAT_STAMP)
+	$(COMPAT_VENV)/bin/python -c "import torch, triton, fastbert._C; print('compat: torch', torch.__version__, 'triton', triton.__version__)"
+	$(COMPAT_VENV)/bin/python -m pytest -q -n auto tests -p no:cacheprovider $(PYTEST_ARGS)
+
 asan:
 	bash csrc/tests/asan.sh
 
@@ -76,4 +92,4 @@ gpu-check: gpu-build
 	PYTHONPATH=. $(GPU_PY) benchmarks/run.py && exit $$rc
 
 clean:
-	rm -rf build *.egg-info fastbert/*.so csrc/tests/build
+	rm -rf build *.egg-info .venv-compat fastbert/*.so csrc/tests/build

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import harness  # noqa: E402
 
-BENCHES = ["bert", "attention", "layer_norm", "gelu", "data"]
+BENCHES = ["bert", "hf", "attention", "layer_norm", "gelu", "data"]
 
 
 def plot(benches: dict[str, list[dict]], path: str, device_label: str) -> str | None:

@@ -524,13 +524,23 @@ KERNEL_SOURCES = ("fastbert/ops/fused_attention.py", "fastbert/ops/fused_layer_n
 
 
 def kernel_sources_hash() -> str:
-    """sha256 over the files that decide what the report compiles (kernels, launch configs, the peer): a report whose
-    ``environment.kernel_sources`` differs from this describes other code and must be regenerated (make static)."""
+    """sha256 over the code of the files that decide what the report compiles (kernels, launch configs, the peer),
+    without comments, docstrings and layout (their token stream): a report whose ``environment.kernel_sources``
+    differs from this describes other code and must be regenerated (make static)."""
     import hashlib
+    import tokenize
 
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     digest = hashlib.sha256()
     for rel in KERNEL_SOURCES:
         with open(os.path.join(root, rel), "rb") as f:
-            digest.update(rel.encode() + b"\0" + f.read() + b"\0")
+            tokens = [t for t in tokenize.tokenize(f.readline) if t.type not in skip]
+        digest.update(rel.encode() + b"\0")
+        for i, tok in enumerate(tokens):
+            statement_start = i == 0 or tokens[i - 1].type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+            is_docstring = (tok.type == tokenize.STRING and statement_start and i + 1 < len(tokens)
+                            and tokens[i + 1].type == tokenize.NEWLINE)
+            if not is_docstring:
+                digest.update(tok.string.encode() + b"\1")
     return digest.hexdigest()

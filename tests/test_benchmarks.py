@@ -83,3 +83,22 @@ def test_bandwidth_rows_gelu_on_cpu():
     assert by["copy"]["gbps"] > 0 and by["eager"]["pct_of_copy"] > 0
     assert "ms" not in by["fastbert"] and by["fastbert"]["note"]
     assert by["torch-compile"]["note"].startswith("needs CUDA")
+
+
+def test_hf_bench_providers_compute_the_same(monkeypatch):
+    """bench_hf times the same computation three ways: transformers' sdpa, fastbert's default model and transformers
+    with attn_implementation="fastbert" give the same hidden states at the real tokens of a bench batch."""
+    pytest.importorskip("transformers")
+    from benchmarks import bench_hf
+
+    monkeypatch.setitem(bench_hf.CONFIGS, "tiny", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                       intermediate_size=128))
+    models = bench_hf._models("tiny", torch.device("cpu"), torch.float32)
+    assert tuple(models) == bench_hf.PROVIDERS
+    ids, mask, _ = bench_hf.imdb_batch(4, 512, seed=0)
+    assert ids.shape == mask.shape and bool((mask.sum(1) > 0).all()) and 0 < float(mask.float().mean()) < 1
+    with torch.inference_mode():
+        outs = {name: m(input_ids=ids, attention_mask=mask)[0] for name, m in models.items()}
+    real = mask.bool()
+    for name in ("fastbert-default", "hf-fastbert"):
+        assert torch.allclose(outs[name][real], outs["hf-sdpa"][real], atol=1e-5, rtol=1e-5), name

@@ -812,7 +812,8 @@ def attention(
     ``window``: when given, query i attends only to keys j with |i - j| <= window (positions in the sequence;
     ModernBERT's local attention is ``window = local_attention // 2``). Returns a contiguous tensor shaped like q in
     q's dtype. Padding query rows are 0 (never NaN), as is every row of a zero-length sequence. ``dropout_p`` in
-    [0, 1) is applied as given: pass 0.0 in eval mode.
+    [0, 1): pass 0.0 in eval mode; the Triton kernels apply it rounded to a multiple of 1/256
+    (``_common.effective_dropout_p``), the reference path exactly.
 
     Triton kernels for CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; otherwise
     ``reference.attention_torch`` (the same contract on torch's SDPA, dropout from torch), with a one-time warning
