@@ -101,7 +101,11 @@ def _models(model: str, device: torch.device, dtype: torch.dtype) -> dict[str, t
     return {name: m.to(device, dtype).eval() for name, m in zip(PROVIDERS, (hf, ours, hf_fb))}
 
 
-def _time(models, ids, mask, device, rows, base_row: dict) -> None:
+def _time(models, part: str, shape: str, ids, mask, device, rows, **extra) -> None:
+    """One row per provider: the forward of this batch under inference_mode, on the same device and dtype."""
+    padding = round(1 - float(mask.float().mean()), 3)
+    base_row = {"bench": "hf", "part": part, "mode": "fwd", "shape": shape, "real_tokens": int(mask.sum()),
+                "padding": padding, "dtype": harness.dtype_name(next(next(iter(models.values())).parameters()).dtype), **extra}
     for provider, net in models.items():
         row = dict(base_row, provider=provider)
         rows.append(row)
@@ -112,9 +116,8 @@ def _time(models, ids, mask, device, rows, base_row: dict) -> None:
 
             row.update(harness.bench_fn(fwd, device, warmup_ms=100, rep_ms=500, cpu_rep_ms=1500, min_reps=5))
             if provider == "fastbert-default":
-                bert = net
-                unpads = bert.path.unpads(int(mask.sum()), mask.numel(), bert.unpad)
-                row["note"] = f"path {bert.path.name}, {'unpadded inside' if unpads else 'kept padded'}"
+                unpads = net.path.unpads(int(mask.sum()), mask.numel(), net.unpad)
+                row["note"] = f"path {net.path.name}, {'unpadded inside' if unpads else 'kept padded'}"
 
 
 def run_imdb(device: torch.device, quick: bool = False) -> list[dict]:
@@ -127,10 +130,7 @@ def run_imdb(device: torch.device, quick: bool = False) -> list[dict]:
         models = _models(model, device, dtype)
         ids, mask, source = imdb_batch(batch, max_len, seed=0)
         ids, mask = ids.to(device), mask.to(device)
-        base = {"bench": "hf", "part": "imdb", "mode": "fwd", "shape": f"{model} {batch}x{ids.shape[1]}",
-                "real_tokens": int(mask.sum()), "padding": round(1 - float(mask.float().mean()), 3),
-                "dtype": harness.dtype_name(dtype), "source": source}
-        _time(models, ids, mask, device, rows, base)
+        _time(models, "imdb", f"{model} {batch}x{ids.shape[1]}", ids, mask, device, rows, source=source)
         del models
         harness.release(device)
     harness.add_speedups(rows, "hf-sdpa")
@@ -150,11 +150,8 @@ def run_padding_sweep(device: torch.device, quick: bool = False) -> list[dict]:
             mask = harness.lengths_to_mask(lengths, seqlen).to(device)
             ids = torch.randint(1000, 30000, (batch, seqlen), generator=torch.Generator().manual_seed(1)).to(device)
             ids = ids * mask
-            base = {"bench": "hf", "part": "padding sweep", "mode": "fwd",
-                    "shape": f"{model} {batch}x{seqlen} pad={1 - float(mask.float().mean()):.2f}",
-                    "real_tokens": int(mask.sum()), "padding": round(1 - float(mask.float().mean()), 3),
-                    "dtype": harness.dtype_name(dtype)}
-            _time(models, ids, mask, device, rows, base)
+            shape = f"{model} {batch}x{seqlen} pad={1 - float(mask.float().mean()):.2f}"
+            _time(models, "padding sweep", shape, ids, mask, device, rows)
         del models
         harness.release(device)
     harness.add_speedups(rows, "hf-sdpa")

@@ -255,6 +255,17 @@ def summary(rows: list[dict[str, Any]], targets: list[int]) -> str:
         ratios = sorted(r["ratio_vs_peer"] for r in rs if r.get("ratio_vs_peer") is not None)
         rtxt = f"{ratios[0]:.2f} / {ratios[len(ratios) // 2]:.2f} / {ratios[-1]:.2f}" if ratios else "-"
         lines.append(f"| sm_{t} | {len(rs)} | {len(spill)} | {len(errors)} | {rtxt} |")
+    lines += ["", "BERT-base attention forward (head_dim 64, bf16): main-loop instructions per key block over the FA2 "
+              "peer's", "", "| target | padded (HF mask) | packed | padded + dropout | packed + dropout |",
+              "|---|---|---|---|---|"]
+    for t in targets:
+        cells = []
+        for layout, drop in (("padded", False), ("packed", False), ("padded", True), ("packed", True)):
+            match = [r for r in rows if r["target"] == t and r.get("ratio_vs_peer") is not None
+                     and r["params"] == dict(r["params"], head_dim=64, dtype="bf16", layout=layout)
+                     and (r["params"]["dropout_p"] > 0) == drop]
+            cells.append(f"{match[0]['ratio_vs_peer']:.2f}x" if match else "-")
+        lines.append(f"| sm_{t} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -451,7 +451,7 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     path = choose_path(attn_implementation, first.device if first is not None else None)
     attention = _route_attention(model)
     swapped: dict[str, str] = {}
-    if path.name == "fused":
+    if path.fuses_modules:
         inside = set()
         for name, module in model.named_modules():
             if hasattr(type(module), "_fastbert_original") or any(name.startswith(p + ".") for p in inside):

@@ -186,6 +186,8 @@ class Path:
     name: str  # "eager", "sdpa" or "fused"
     kernels: Kernels
     unpad_min_padding: float | None  # unpad when at least this fraction is padding; None = never on its own
+    fuses_modules: bool = False  # its LayerNorm / GELU entries are fused kernels: worth swapping modules for
+
 
     def unpads(self, real_tokens: int, positions: int, override: str = "auto") -> bool:
         """Should a padded batch of ``positions`` slots holding ``real_tokens`` tokens run padding-free?
@@ -210,7 +212,7 @@ def choose_path(attn_implementation: str, device: torch.device | str | None = No
     name = attn_implementation
     if name == "auto":
         name = "fused" if _triton_runs_on(torch.device(device if device is not None else "cpu")) else "sdpa"
-    return Path(name, kernels(name), UNPAD_MIN_PADDING[name])
+    return Path(name, kernels(name), UNPAD_MIN_PADDING[name], fuses_modules=name == "fused")
 
 
 def _triton_runs_on(device: torch.device) -> bool:

@@ -502,9 +502,22 @@ _CONFIGS = {
     ("dkdv", False, False): _cfg(32, 64, 8, 2),
     ("dkdv", False, True): _cfg(32, 64, 8, 2),
 }
+# The overrides below are the defaults' spills (bytes/thread, static report) they remove.
+_AMPERE_CONSUMER = {  # sm_86 / sm_89: 100 KB of shared memory and 48 warps per SM
+    ("fwd", True, False): _cfg(128, 64, 8, 2),  # 3 stages: 8 B at head_dim 32 (packed)
+    ("fwd", False, False): _cfg(64, 64, 8, 1),  # 2 stages: 12 B at head_dim 128 (packed)
+    ("dq", True, True): _cfg(32, 64, 4, 2),  # 64 query rows x 8 warps: 28 B at head_dim 64 (padded)
+}
 _ARCH_CONFIGS = {
+    (8, 6): _AMPERE_CONSUMER,
+    (8, 9): _AMPERE_CONSUMER,
     (9, 0): {("fwd", True, False): _cfg(128, 64, 4, 3)},  # one warpgroup per 128 query rows, spill-free on sm_90
-    (12, 0): {("fwd", False, False): _cfg(64, 64, 8, 1)},  # two stages spill 16 B at head_dim 128 (packed)
+    (10, 0): {("fwd", True, False): _cfg(128, 64, 8, 1)},  # 3 stages: 52 B at head_dim 32 (padded)
+    (12, 0): {
+        ("fwd", False, False): _cfg(64, 64, 8, 1),  # 2 stages: 16 B at head_dim 128 (packed)
+        ("dq", True, True): _cfg(32, 64, 4, 2),  # 64 query rows x 8 warps: 84 B at head_dim 64 (padded)
+        ("dq", False, False): _cfg(64, 64, 8, 1),  # 2 stages: 4 B at head_dim 128 (padded)
+    },
 }
 # fp32 (accepted, not a fast path): small query tiles and one stage, so they fit in shared memory at head_dim 128.
 _FP32_CONFIG = dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1)
