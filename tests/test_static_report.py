@@ -190,7 +190,7 @@ def test_committed_report_every_variant_compiles_fits_and_does_not_spill(committ
 
 def test_committed_report_attention_loops_use_tensor_cores(committed_report):
     for r in committed_report["variants"]:
-        if r["op"] != "attention":
+        if r["op"] != "attention" or r["kernel"] == "_row_spans_kernel":  # the mask -> row-span pre-pass has no dot
             continue
         target = f"sm_{r['target']}"
         where = f"{target} {r['kernel']} {r['case']}"
