@@ -414,19 +414,40 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _transformers_models(model) -> list:
+    """The model itself when it is a transformers model (it has a config and set_attn_implementation), else the
+    outermost such submodules (e.g. the encoder inside a sentence-transformers model)."""
+    def is_hf(m) -> bool:
+        return getattr(m, "config", None) is not None and callable(getattr(m, "set_attn_implementation", None))
+
+    if is_hf(model):
+        return [model]
+    found, inside = [], []
+    for name, module in model.named_modules():
+        if is_hf(module) and not any(name.startswith(p + ".") for p in inside):
+            found.append(module)
+            inside.append(name)
+    return found
+
+
 def _route_attention(model) -> str:
-    """Switch the model's attention to "fastbert" when it calls attention through transformers' interface."""
-    set_impl = getattr(model, "set_attn_implementation", None)
-    config = getattr(model, "config", None)
-    if set_impl is None or config is None or not register():
+    """Switch attention to "fastbert" in each transformers model in ``model`` that calls attention through
+    transformers' interface."""
+    models = _transformers_models(model)
+    if not models or not register():
         return "left as is (not a transformers model with AttentionInterface)"
-    previous = getattr(config, "_attn_implementation", None)
-    if previous != NAME:
-        set_impl(NAME)
-    if getattr(config, "_attn_implementation", None) != NAME:
-        return f"left as is ({type(model).__name__} does not call attention through AttentionInterface)"
-    model._fastbert_previous_attn = previous
-    return f"attn_implementation={NAME!r}"
+    routed = []
+    for m in models:
+        previous = getattr(m.config, "_attn_implementation", None)
+        if previous != NAME:
+            m.set_attn_implementation(NAME)
+        if getattr(m.config, "_attn_implementation", None) == NAME:
+            m._fastbert_previous_attn = previous
+            routed.append(m)
+    if not routed:
+        return f"left as is ({type(models[0]).__name__} does not call attention through AttentionInterface)"
+    where = "" if routed == [model] else f" in {', '.join(type(m).__name__ for m in routed)}"
+    return f"attn_implementation={NAME!r}{where}"
 
 
 def patch(model, attn_implementation: str = "auto") -> PatchReport:
@@ -443,10 +464,10 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
 
     from .ops.dispatch import choose_path
 
-    config = getattr(model, "config", None)
-    if getattr(config, "is_decoder", False):
-        raise ValueError(f"fastbert.patch: {type(model).__name__} is a decoder (config.is_decoder=True): fastbert's "
-                         "attention is bidirectional only")
+    for m in _transformers_models(model):
+        if getattr(m.config, "is_decoder", False):
+            raise ValueError(f"fastbert.patch: {type(m).__name__} is a decoder (config.is_decoder=True): fastbert's "
+                             "attention is bidirectional only")
     first = next(model.parameters(), None)
     path = choose_path(attn_implementation, first.device if first is not None else None)
     attention = _route_attention(model)
@@ -480,7 +501,9 @@ def unpatch(model):
             module.__class__ = original
             for attr in ("_fastbert_parts", "_fastbert_kernels"):
                 module.__dict__.pop(attr, None)
-    previous = model.__dict__.pop("_fastbert_previous_attn", None)
-    if previous is not None:
-        model.set_attn_implementation(previous)
+    for m in model.modules():
+        if "_fastbert_previous_attn" in m.__dict__:
+            previous = m.__dict__.pop("_fastbert_previous_attn")
+            if previous is not None:
+                m.set_attn_implementation(previous)
     return model

@@ -326,6 +326,12 @@ def test_sentence_transformers_encode_after_patch():
     texts = ["The movie was great.", "A dull, long film with a terrible ending and no redeeming qualities at all.",
              "Fine."]
     ref = model.encode(texts, convert_to_tensor=True)
+    report = fastbert.patch(model)  # the whole SentenceTransformer: its transformers encoder is found inside
+    assert report.attention == "attn_implementation='fastbert' in BertModel", report
+    assert model[0].auto_model.config._attn_implementation == "fastbert"
+    torch.testing.assert_close(model.encode(texts, convert_to_tensor=True), ref, atol=1e-5, rtol=1e-5)
+    fastbert.unpatch(model)
+    assert model[0].auto_model.config._attn_implementation != "fastbert"
     fastbert.patch(model[0].auto_model)
     torch.testing.assert_close(model.encode(texts, convert_to_tensor=True), ref, atol=1e-5, rtol=1e-5)
     loaded = st.SentenceTransformer(path, device="cpu", model_kwargs={"attn_implementation": "fastbert"})
