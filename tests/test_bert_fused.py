@@ -95,14 +95,25 @@ def test_unpadded_equals_padded(impl, mode, tiny_config, padded_batch):
 
 
 def test_auto_unpad_rule(tiny_config, padded_batch):
+    """_maybe_unpad -> (packed layout or None, the mask the padded layout keeps): the path's rule decides."""
     model = fastbert.BertModel(tiny_config(attn_implementation="fused"))
     _, mask, _ = batch(padded_batch)  # 47% padding
-    assert model._maybe_unpad(mask) is not None
-    assert model._maybe_unpad(torch.ones(3, 19, dtype=torch.long)) is None  # no padding: stay padded
+    unpadded, kept = model._maybe_unpad(mask)
+    assert unpadded is not None and kept is mask
+    full = torch.ones(3, 19, dtype=torch.long)
+    unpadded, kept = model._maybe_unpad(full)
+    assert unpadded is None and kept is None  # no padding: padded layout without any mask
+    model.set_attn_implementation("eager")
+    unpadded, kept = model._maybe_unpad(mask)
+    assert unpadded is None and kept is mask  # eager stays HF-like unless asked
     model.set_attn_implementation("sdpa")
-    assert model._maybe_unpad(mask) is None  # eager/sdpa stay HF-like unless asked
+    assert model._maybe_unpad(mask)[0] is not None  # sdpa (the CPU default) unpads from 3% padding
+    one_pad = full.clone()
+    one_pad[0, -1] = 0  # 1 of 57 positions (1.8%): below the rule
+    unpadded, kept = model._maybe_unpad(one_pad)
+    assert unpadded is None and kept is one_pad
     model.unpad = "always"
-    assert model._maybe_unpad(torch.ones(3, 19, dtype=torch.long)) is not None
+    assert model._maybe_unpad(full)[0] is not None
     model.unpad = "bogus"
     with pytest.raises(ValueError, match="unpad"):
         model._maybe_unpad(mask)
