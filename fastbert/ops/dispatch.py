@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -98,9 +97,6 @@ def _padded_only(fn: Callable) -> Callable:
     return attention
 
 
-_bounds_cache: tuple = (None, None, None)  # (weak ref to cu_seqlens, its version, host list): one read per forward
-
-
 def _sdpa_attention(q, k, v, attn: AttentionInputs, dropout_p: float):
     """The sdpa path: transformers' SDPA attention on padded batches; packed batches run one unmasked SDPA call per
     sequence (no padding rebuilt, SDPA's fastest kernel), with cu_seqlens read on the host once per forward."""
@@ -108,14 +104,8 @@ def _sdpa_attention(q, k, v, attn: AttentionInputs, dropout_p: float):
         return reference.sdpa_attention(q, k, v, attn.attention_mask, dropout_p)
     if torch.compiler.is_compiling():  # host-side bounds are data-dependent: trace the padded form instead
         return _padded_only(reference.sdpa_attention)(q, k, v, attn, dropout_p)
-    global _bounds_cache
-    cu = attn.cu_seqlens
-    ref, version, bounds = _bounds_cache
-    key = -1 if cu.is_inference() else cu._version
-    if ref is None or ref() is not cu or version != key:
-        bounds = cu.tolist()
-        _bounds_cache = (weakref.ref(cu), key, bounds)
-    return reference.sdpa_attention_packed(q, k, v, cu, dropout_p, bounds=bounds)
+    return reference.sdpa_attention_packed(q, k, v, attn.cu_seqlens, dropout_p,
+                                           bounds=padding.host_values(attn.cu_seqlens))
 
 
 def _add_layer_norm(x, residual, ln: nn.LayerNorm, dropout_p: float):

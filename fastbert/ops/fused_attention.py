@@ -43,7 +43,6 @@ custom ops ``fastbert::attention_fwd`` / ``attention_bwd`` with fake implementat
 functional :func:`attention`, the only place that asks ``_backend`` for Triton or reference.
 """
 import math
-import weakref
 from typing import Optional
 
 import torch
@@ -51,7 +50,7 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from . import _common
+from . import _common, padding
 from ._common import check_dropout_p, draw_seed, dropout_bits, dropout_keep, dropout_scale, dropout_threshold, fused_op
 from .reference import attention_torch
 
@@ -684,10 +683,6 @@ class AttentionFn(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------
 # checks and the functional
 # ----------------------------------------------------------------------------------------------------------------
-# The last cu_seqlens tensor whose values passed the checks: (weak reference, (version, total, max_seqlen)).
-_cu_seqlens_checked = (None, None)
-
-
 def _check_args(q, k, v, attention_mask, cu_seqlens, max_seqlen, window, dropout_p,
                 softmax_scale) -> tuple[int, float, float]:
     """Raise ValueError naming the argument; return (window, dropout_p, softmax_scale) with -1 for no window."""
@@ -766,38 +761,36 @@ def _check_args(q, k, v, attention_mask, cu_seqlens, max_seqlen, window, dropout
     return window, dropout_p, float(softmax_scale)
 
 
+@padding.host_cached
+def _cu_seqlens_facts(cu_seqlens: torch.Tensor) -> tuple[list, bool, int]:
+    """(values, non-decreasing, longest length) of cu_seqlens: one device-to-host copy per tensor (a model passes one
+    cu_seqlens to every layer; see ``padding.host_cached``)."""
+    cu = cu_seqlens.tolist()
+    lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    return cu, all(n >= 0 for n in lengths), max(lengths, default=0)
+
+
 def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
     """cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] == total tokens, max length <= max_seqlen.
 
-    Reading the values needs one device-to-host copy on GPU; it is skipped when the same, unmodified tensor was just
-    checked (a model passes one cu_seqlens to every layer) and skipped under torch.compile tracing and CUDA-graph
-    capture. Inference tensors (made under ``torch.inference_mode``) have no version counter: for them the same
-    tensor object is trusted not to change in place between calls.
-    """
+    The values are read once per tensor (``_cu_seqlens_facts``), never under torch.compile tracing or CUDA-graph
+    capture (the checks are skipped there)."""
     if torch.compiler.is_compiling():
         return
     if cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing():
         return
-    global _cu_seqlens_checked
-    version = -1 if cu_seqlens.is_inference() else cu_seqlens._version
-    key = (version, total, int(max_seqlen))
-    ref, checked_key = _cu_seqlens_checked
-    if ref is not None and ref() is cu_seqlens and checked_key == key:
-        return
-    cu = cu_seqlens.tolist()
+    cu, non_decreasing, longest = _cu_seqlens_facts(cu_seqlens)
     problem = None
-    lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
     if cu[0] != 0:
         problem = f"cu_seqlens[0] must be 0, got {cu[0]}"
-    elif any(n < 0 for n in lengths):
+    elif not non_decreasing:
         problem = f"cu_seqlens must be non-decreasing, got {cu if len(cu) <= 16 else str(cu[:16]) + '...'}"
     elif cu[-1] != total:
         problem = f"cu_seqlens[-1] = {cu[-1]} must equal the number of tokens in q ({total})"
-    elif lengths and max(lengths) > max_seqlen:
-        problem = f"max_seqlen = {max_seqlen} is smaller than the longest sequence ({max(lengths)})"
+    elif longest > max_seqlen:
+        problem = f"max_seqlen = {max_seqlen} is smaller than the longest sequence ({longest})"
     if problem is not None:
         raise ValueError(f"attention: {problem}")
-    _cu_seqlens_checked = (weakref.ref(cu_seqlens), key)
 
 
 def attention(

@@ -6,7 +6,9 @@ tokens in row-major order, with int32 ``cu_seqlens [batch + 1]`` (cumulative len
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+import weakref
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -82,10 +84,37 @@ def key_padding_mask(mask: torch.Tensor | None, batch: int, seqlen: int) -> torc
     return keep.expand(batch, seqlen)
 
 
+def host_cached(fn: Callable[[torch.Tensor], object]) -> Callable[[torch.Tensor], object]:
+    """``fn(t)`` (which reads ``t`` on the host), recomputed only for another tensor or after ``t`` changed in place
+    (weak reference + version counter): every layer of a forward receives the same tensor, and it is read once.
+    Inference tensors (``torch.inference_mode``) have no version counter: the same object is trusted not to change in
+    place between calls. One slot per decorated function: the most recent tensor."""
+    last: list = [None, None, None]  # weak ref to the tensor, its version, fn's result
+
+    @functools.wraps(fn)
+    def cached(t: torch.Tensor):
+        version = -1 if t.is_inference() else t._version
+        ref, seen, value = last
+        if ref is None or ref() is not t or seen != version:
+            value = fn(t)
+            last[:] = [weakref.ref(t), version, value]
+        return value
+
+    return cached
+
+
+@host_cached
+def host_values(t: torch.Tensor) -> list:
+    """``t.tolist()``, read once per tensor (see :func:`host_cached`): e.g. cu_seqlens' bounds for per-sequence loops."""
+    return t.tolist()
+
+
+@host_cached
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """Packed sequences in one row of position ids that restart (``DataCollatorWithFlattening``: 0, 1, .., 0, 1, ..,
     or RoBERTa's padding_idx + 1 onwards): (int32 cu_seqlens, max_seqlen), or None when the row is one sequence.
-    A sequence starts wherever the position does not grow by one. Reads the boundaries on the host (one sync)."""
+    A sequence starts wherever the position does not grow by one. Reads the boundaries on the host (one sync per
+    tensor: :func:`host_cached`)."""
     pos = position_ids.reshape(-1)
     if pos.numel() < 2:
         return None
