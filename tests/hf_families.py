@@ -7,7 +7,9 @@ Each entry: model_type -> dict(
     positions: padding-free batches work from restarting position_ids alone (the family passes position_ids down to
                attention); otherwise they need DataCollatorWithFlattening(return_flash_attn_kwargs=True),
     packable: False when padding-free batches are refused (default True),
-    fused: what fastbert.patch fuses on the "fused" path (roles found by module structure), as a set,
+    fused: what fastbert.patch swaps (roles found by module structure), as a set,
+    unpads: fastbert.patch runs padded batches through the layers padding-free (default True; False where its probe
+            finds the family cannot),
     note: anything a user must know,
 )
 """
@@ -38,22 +40,25 @@ FAMILIES: dict[str, dict] = {
     "ernie": dict(positions=True, fused=BERT_LIKE),
     "roc_bert": dict(positions=True, fused=BERT_LIKE),
     "layoutlm": dict(positions=False, fused=BERT_LIKE, note="builds its own 4-D mask: reduced to key padding"),
-    "xmod": dict(config=dict(default_language="en_XX"), positions=True, fused={"layer_norm", "dense_act"},
-                 note="per-language adapters after the FFN: no add+LayerNorm to fuse"),
+    "xmod": dict(config=dict(default_language="en_XX"), positions=True, fused={"layer_norm", "dense_act"}, unpads=False,
+                 note="per-language adapters after the FFN: no add+LayerNorm to fuse; per-row language ids keep "
+                      "patched batches padded"),
     "roberta-prelayernorm": dict(positions=True, fused={"layer_norm"}, note=PRE_LN),
     "xlm-roberta-xl": dict(positions=True, fused={"layer_norm", "dense_act"}, note=PRE_LN),
     "esm": dict(config=dict(pad_token_id=1, mask_token_id=2), positions=False, fused={"layer_norm"}, note=PRE_LN),
     "esmc": dict(config=dict(num_key_value_heads=4, head_dim=16), positions=False, fused={"layer_norm"}, note=PRE_LN),
     "nomic_bert": dict(positions=False, fused={"layer_norm"}, note="SwiGLU MLP not fused"),
     "gte": dict(positions=False, fused={"layer_norm"}, note="GLU MLP not fused"),
-    "jina_embeddings_v3": dict(positions=False, fused={"layer_norm"}),
+    "jina_embeddings_v3": dict(positions=False, fused={"layer_norm"},
+                               note="with its pooler (AutoModel) patched batches stay padded: the pooler reads the "
+                                    "padded layout"),
     "neomme": dict(config=dict(num_key_value_heads=2), positions=False, fused={"layer_norm"},
                    note="grouped-query attention: key/value heads repeated per group"),
     "eurobert": dict(config=dict(num_key_value_heads=2), positions=False, fused=set(),
                      note="grouped-query attention; RMSNorm: nothing to fuse"),
     "ultrabert": dict(config=dict(num_key_value_heads=2), positions=False, fused=set(),
                       note="grouped-query attention; RMSNorm: nothing to fuse"),
-    "mobilebert": dict(config=dict(embedding_size=32), positions=False, packable=False,
+    "mobilebert": dict(config=dict(embedding_size=32), positions=False, packable=False, unpads=False,
                        fused={"dense_act", "head_transform"},
                        note="padding-free refused (embeddings mix neighbouring tokens); NoNorm layers not fused"),
 }
@@ -66,14 +71,16 @@ NOT_ROUTED = ("deberta", "deberta-v2", "mpnet", "funnel", "longformer", "big_bir
 
 def markdown_table() -> str:
     """The README's family table."""
-    lines = ["| family (model_type) | attention | padding-free batches | fused by `patch()` (CUDA) | notes |",
-             "|---|---|---|---|---|"]
+    lines = ["| family (model_type) | attention | padding-free batches | `patch()`: modules swapped | `patch()`: padded "
+             "batches run padding-free | notes |",
+             "|---|---|---|---|---|---|"]
     for model_type, entry in FAMILIES.items():
         packed = ("refused" if not entry.get("packable", True) else "✔ (position_ids or flash kwargs)"
                   if entry["positions"] else "✔ (needs `return_flash_attn_kwargs=True`)")
         fused = ", ".join(sorted(entry["fused"])) or "—"
-        lines.append(f"| {model_type} | ✔ | {packed} | {fused} | {entry.get('note', '')} |")
-    lines.append(f"| decoders (`config.is_decoder`), cross-attention | refused (ValueError naming the class) | — | — | "
+        unpads = "✔" if entry.get("unpads", True) else "— (kept padded)"
+        lines.append(f"| {model_type} | ✔ | {packed} | {fused} | {unpads} | {entry.get('note', '')} |")
+    lines.append(f"| decoders (`config.is_decoder`), cross-attention | refused (ValueError naming the class) | — | — | — | "
                  "fastbert's attention is bidirectional |")
     return "\n".join(lines)
 

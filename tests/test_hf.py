@@ -7,6 +7,7 @@ import inspect
 import logging
 import pickle
 import sys
+import warnings
 
 import pytest
 import torch
@@ -210,6 +211,7 @@ def test_patch_fuses_by_structure(model_type):
         report = fastbert.patch(model, attn_implementation="fused")
         out = model(input_ids=ids, attention_mask=mask).logits
     assert set(report.modules.values()) == FAMILIES[model_type]["fused"], report
+    assert report.padding_free.startswith("yes") == FAMILIES[model_type].get("unpads", True), report
     assert report.attention == "attn_implementation='fastbert'" and list(model.state_dict()) == keys
     torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
     fastbert.unpatch(model)
@@ -217,12 +219,99 @@ def test_patch_fuses_by_structure(model_type):
     assert not any(hasattr(type(m), "_fastbert_original") for m in model.modules())
 
 
-def test_patch_on_cpu_installs_nothing_slower():
-    """The policy's CPU path is sdpa: attention goes through the interface (SDPA underneath), no fused LayerNorm or
-    GELU, whose CPU fallbacks would be slower than transformers' own modules."""
+def test_patch_on_cpu_swaps_in_place_forms_of_transformers_ops():
+    """The policy's CPU path is sdpa: the swapped modules run transformers' own operations, in place when no gradient
+    flows (the activation lands in the dense output's buffer), bit-identical to the unpatched model; in training
+    nothing is in place and the gradients are the unpatched ones."""
     model = tiny_model("bert", cls=transformers.BertForMaskedLM)
+    ref = copy.deepcopy(model)
+    ref.set_attn_implementation("fastbert")  # the same attention: what differs is the swapped modules
     report = fastbert.patch(model)
-    assert report.path == "sdpa" and report.modules == {}
+    assert report.path == "sdpa" and set(report.modules.values()) == FAMILIES["bert"]["fused"], report
+    ids, _ = batch()
+    full = torch.ones_like(ids)  # no padding: nothing is packed, the same operations on the same shapes
+    buffers = {}
+    layer = model.bert.encoder.layer[0].intermediate
+    layer.dense.register_forward_hook(lambda m, i, o: buffers.__setitem__("dense", o.data_ptr()))
+    layer.register_forward_hook(lambda m, i, o: buffers.__setitem__("act", o.data_ptr()))
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids, attention_mask=full).logits, ref(input_ids=ids, attention_mask=full).logits)
+    assert buffers["dense"] == buffers["act"]
+    grads = []
+    for m in (ref, model):
+        m.train()
+        m(input_ids=ids, attention_mask=full).logits.square().mean().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert buffers["dense"] != buffers["act"]
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_patch_runs_padded_batches_padding_free(monkeypatch):
+    """Above the path's padding threshold the encoder layers see one packed row (attention gets cu_seqlens); below it,
+    and when per-layer outputs are asked for, the batch runs padded; outputs match the unpatched model either way."""
+    from fastbert.ops.dispatch import UNPAD_MIN_PADDING
+
+    model = tiny_model("bert")
+    ref = copy.deepcopy(model)
+    report = fastbert.patch(model)
+    assert report.padding_free == f"yes (BertEncoder of BertModel, from {UNPAD_MIN_PADDING['sdpa']:.0%} padding)"
+    calls = []
+    real_op = fastbert.ops.attention
+    monkeypatch.setattr(fastbert.ops, "attention", lambda *a, **k: calls.append(k.get("cu_seqlens")) or real_op(*a, **k))
+    ids, mask = batch()  # a third of it padding
+    little = torch.ones_like(ids)
+    little[0, -1] = 0  # 1 of 60 positions: below the threshold
+    for m, packed, kw in ((mask, True, {}), (little, False, {}), (mask, False, {"output_hidden_states": True})):
+        calls.clear()
+        with torch.no_grad():
+            out, expected = model(input_ids=ids, attention_mask=m, **kw), ref(input_ids=ids, attention_mask=m, **kw)
+        assert calls and all((c is not None) == packed for c in calls), (packed, kw)
+        real = m.bool()
+        torch.testing.assert_close(out.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.pooler_output, expected.pooler_output, atol=1e-5, rtol=1e-5)
+        assert out.last_hidden_state.shape == expected.last_hidden_state.shape
+        if packed:
+            assert not out.last_hidden_state[~real].any()  # zeros at padding, as in fastbert's own models
+        for a, b in zip(out.hidden_states or (), expected.hidden_states or ()):
+            torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+    fastbert.unpatch(model)
+    calls.clear()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    assert not calls and not model.encoder._forward_pre_hooks and not model.encoder._forward_hooks
+
+
+def test_patch_keeps_padded_batches_padded_where_a_family_cannot_pack():
+    """xmod's encoder takes per-row language ids; MobileBERT's attention refuses packed rows; Jina's pooler reads the
+    padded layout: the probe says so, no hook stays, and the model runs padded, correct."""
+    ids, mask = batch()
+    for model_type, why in (("xmod", "per-row inputs"), ("mobilebert", "refuse a packed row"),
+                            ("jina_embeddings_v3", "(pooler_output)")):
+        model = tiny_model(model_type)
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        report = fastbert.patch(model)
+        assert report.padding_free.startswith("no (") and why in report.padding_free, report.padding_free
+        assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=2e-5, rtol=2e-5)
+
+
+def test_padding_free_row_fallbacks_stay_per_sequence():
+    """output_attentions=True on a DataCollatorWithFlattening row runs plain PyTorch attention: per sequence too."""
+    model = tiny_model("bert", attn="fastbert")
+    ids, _ = batch()
+    features = DataCollatorWithFlattening(return_flash_attn_kwargs=True)(
+        [{"input_ids": ids[i, :n].tolist()} for i, n in enumerate(LENGTHS)])
+    features.pop("labels")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the once-per-process note that plain attention runs
+        out = model(**features, output_attentions=True)
+        per = torch.cat([model(input_ids=ids[i:i + 1, :n]).last_hidden_state[0] for i, n in enumerate(LENGTHS)])
+    torch.testing.assert_close(out.last_hidden_state[0], per, atol=2e-5, rtol=2e-5)
 
 
 def test_patched_model_pickles_deep_copies_and_saves(tmp_path):

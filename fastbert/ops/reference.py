@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .padding import packed_to_padded, padded_to_packed
+from .padding import host_values, packed_to_padded, padded_to_packed
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -77,8 +77,12 @@ def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
     """``fastbert.ops.attention``'s contract on torch's scaled_dot_product_attention, in the input dtype: the path
     the functional takes where its Triton kernels cannot run (CPU tensors). Same arguments and layouts as
     :func:`attention_ref`; padding query rows are 0; no mask at all when nothing is masked (SDPA's fastest kernel).
-    Dropout is torch's (p exactly, not rounded to 1/256 like the kernels)."""
+    Dropout is torch's (p exactly, not rounded to 1/256 like the kernels). Packed inputs without a window run one
+    unmasked SDPA call per sequence (:func:`sdpa_attention_packed`, cu_seqlens read on the host once per tensor);
+    under torch.compile, or with a window, they are padded, attended with a mask and packed again."""
     if cu_seqlens is not None:
+        if window is None and not torch.compiler.is_compiling():
+            return sdpa_attention_packed(q, k, v, cu_seqlens, dropout_p, softmax_scale, bounds=host_values(cu_seqlens))
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if cu_seqlens.numel() > 1 else 0
         qkv, mask = packed_to_padded(torch.stack((q, k, v), dim=1), cu_seqlens, max_seqlen)
