@@ -98,24 +98,31 @@ def _models(model: str, device: torch.device, dtype: torch.dtype) -> dict[str, t
 
 
 def _time(models, part: str, shape: str, ids, mask, device, rows, **extra) -> None:
-    """One row per provider: the forward of this batch under inference_mode, on the same device and dtype."""
+    """One row per provider: the forward of this batch under inference_mode, on the same device and dtype, the
+    providers timed in interleaved rounds (``harness.bench_interleaved``)."""
     padding = round(1 - float(mask.float().mean()), 3)
     base_row = {"bench": "hf", "part": part, "mode": "fwd", "shape": shape, "real_tokens": int(mask.sum()),
                 "padding": padding, "dtype": harness.dtype_name(next(next(iter(models.values())).parameters()).dtype), **extra}
-    for provider, net in models.items():
-        row = dict(base_row, provider=provider)
-        rows.append(row)
-        with harness.noted(row, failures=False):
-            def fwd():
-                with torch.inference_mode():
-                    net(input_ids=ids, attention_mask=mask)
 
-            row.update(harness.bench_fn(fwd, device, warmup_ms=100, rep_ms=500, cpu_rep_ms=1000, min_reps=3))
-            if provider == "fastbert-default":
-                unpads = net.path.unpads(int(mask.sum()), mask.numel(), net.unpad)
-                row["note"] = f"path {net.path.name}, {'unpadded inside' if unpads else 'kept padded'}"
-            elif provider == "hf-patched":
-                row["note"] = f"{'packed layers' if _packed_calls(net) else 'padded layers'}"
+    def forward(net):
+        def fwd():
+            with torch.inference_mode():
+                net(input_ids=ids, attention_mask=mask)
+        return fwd
+
+    packed_before = _packed_calls(models["hf-patched"])
+    row_of = {provider: dict(base_row, provider=provider) for provider in models}
+    rows.extend(row_of.values())
+    with harness.noted(row_of["hf-sdpa"], failures=False):
+        stats = harness.bench_interleaved({p: forward(net) for p, net in models.items()}, device, rep_ms=500,
+                                          cpu_rep_ms=1000, min_reps=5)
+        for provider, row in row_of.items():
+            row.update(stats[provider])
+    net = models["fastbert-default"]
+    unpads = net.path.unpads(int(mask.sum()), mask.numel(), net.unpad)
+    row_of["fastbert-default"]["note"] = f"path {net.path.name}, {'unpadded inside' if unpads else 'kept padded'}"
+    packed = _packed_calls(models["hf-patched"]) > packed_before
+    row_of["hf-patched"]["note"] = "layers padding-free" if packed else "layers padded"
 
 
 def _packed_calls(model) -> int:
@@ -182,24 +189,24 @@ def run_sentence_transformers(device: torch.device, quick: bool = False) -> list
         lengths = harness.imdb_like_lengths(512, 400, seed=0)
         texts = [" ".join(vocab[int(i)] for i in torch.randint(len(vocab), (int(n),), generator=g)) for n in lengths]
     texts = texts[: 64 if quick else 256]
-    rows = []
-    for provider in ("st", "st+fastbert.patch"):
-        row = dict(row_base, provider=provider, shape=f"all-MiniLM-L6-v2 x{len(texts)} reviews", source=source)
-        rows.append(row)
-        with harness.noted(row):
-            model = SentenceTransformer(str(path), device=str(device))
-            masks: list = []  # the attention masks of one encode: the padding its batches carry
-            hook = model[0].auto_model.register_forward_pre_hook(
-                lambda m, a, kw: masks.append(kw["attention_mask"].detach().cpu()), with_kwargs=True)
-            model.encode(texts, batch_size=32, show_progress_bar=False)
-            hook.remove()
-            row["padding"] = round(1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks), 3)
-            if provider != "st":
-                report = fastbert.patch(model)
-                row["note"] = (f"{report.attention}; {len(report.modules)} modules swapped (path {report.path}); "
-                               f"padding-free layers: {report.padding_free}")
-            run = lambda: model.encode(texts, batch_size=32, show_progress_bar=False)  # noqa: E731
-            row.update(harness.bench_fn(run, device, warmup_ms=100, rep_ms=500, cpu_rep_ms=2000, min_reps=3))
+    shape = f"all-MiniLM-L6-v2 x{len(texts)} reviews"
+    rows = [dict(row_base, provider=p, shape=shape, source=source) for p in ("st", "st+fastbert.patch")]
+    with harness.noted(rows[0]):
+        models = [SentenceTransformer(str(path), device=str(device)) for _ in rows]
+        masks: list = []  # the attention masks of one encode: the padding its batches carry
+        hook = models[0][-1].register_forward_pre_hook(lambda m, a: masks.append(a[0]["attention_mask"].cpu()))
+        models[0].encode(texts, batch_size=32, show_progress_bar=False)
+        hook.remove()
+        rows[0]["padding"] = rows[1]["padding"] = round(
+            1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks), 3)
+        report = fastbert.patch(models[1])
+        rows[1]["note"] = (f"{report.attention}; {len(report.modules)} modules swapped (path {report.path}); "
+                           f"padding-free layers: {report.padding_free}")
+        runs = {row["provider"]: (lambda m=m: m.encode(texts, batch_size=32, show_progress_bar=False))
+                for row, m in zip(rows, models)}
+        for row, stats in zip(rows, harness.bench_interleaved(runs, device, rep_ms=500, cpu_rep_ms=2000,
+                                                                     min_reps=5).values()):
+            row.update(stats)
     harness.add_speedups(rows, "st", group=("part",), out="speedup_vs_hf-sdpa")
     return rows
 

@@ -103,6 +103,36 @@ def bench_fn(fn: Callable[[], Any], device: torch.device, *, warmup_ms: float = 
     return {"ms": statistics.median(times), "ms_p20": q(0.2), "ms_p80": q(0.8)}
 
 
+def bench_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, *, rep_ms: float = 500.0,
+                      cpu_rep_ms: float | None = None, min_reps: int = 3) -> dict[str, dict[str, float]]:
+    """:func:`bench_fn`'s statistics for each of ``fns``, compared fairly. CUDA: one after the other (``do_bench``).
+    CPU: one warm-up call each, then rounds calling every function once, the order rotating each round, until each
+    has ``min_reps`` calls and about ``cpu_rep_ms`` of time: on CPU the allocator's state (glibc's adaptive mmap
+    threshold) and the machine's load drift, and timing one provider after another would hand the drift to whichever
+    ran first."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {name: bench_fn(fn, device, rep_ms=rep_ms, min_reps=min_reps) for name, fn in fns.items()}
+    rep_ms = rep_ms if cpu_rep_ms is None else cpu_rep_ms
+    names = list(fns)
+    for name in names:
+        fns[name]()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    start, rounds = time.perf_counter(), 0
+    while rounds < min_reps or (time.perf_counter() - start) * 1e3 < rep_ms * len(names):
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        q = lambda f: ts[min(len(ts) - 1, int(f * (len(ts) - 1) + 0.5))]  # noqa: E731
+        out[name] = {"ms": statistics.median(ts), "ms_p20": q(0.2), "ms_p80": q(0.8)}
+    return out
+
+
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
     """Peak CUDA memory allocated while ``fn`` runs, above what was allocated before (None on CPU)."""
     device = torch.device(device)

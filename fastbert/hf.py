@@ -492,7 +492,7 @@ def _install_padding_free(hf_model, path) -> str:
             except Exception as exc:  # noqa: BLE001 - a family whose layers refuse packed rows
                 why = f"its layers refuse a packed row: {exc}"
             finally:
-                hooks.force = False
+                hooks.force, hooks.packed = False, 0  # the count is of the model's own calls
     finally:
         base.train(was_training)
     if why is not None:

@@ -86,8 +86,9 @@ def test_bandwidth_rows_gelu_on_cpu():
 
 
 def test_hf_bench_providers_compute_the_same(monkeypatch):
-    """bench_hf times the same computation three ways: transformers' sdpa, fastbert's default model and transformers
-    with attn_implementation="fastbert" give the same hidden states at the real tokens of a bench batch."""
+    """bench_hf times the same computation four ways: transformers' sdpa, fastbert's default model, transformers with
+    attn_implementation="fastbert" and transformers after fastbert.patch give the same hidden states at the real
+    tokens of a bench batch (the patched one with its layers padding-free)."""
     pytest.importorskip("transformers")
     from benchmarks import bench_hf
 
@@ -100,5 +101,18 @@ def test_hf_bench_providers_compute_the_same(monkeypatch):
     with torch.inference_mode():
         outs = {name: m(input_ids=ids, attention_mask=mask)[0] for name, m in models.items()}
     real = mask.bool()
-    for name in ("fastbert-default", "hf-fastbert"):
+    for name in ("fastbert-default", "hf-fastbert", "hf-patched"):
         assert torch.allclose(outs[name][real], outs["hf-sdpa"][real], atol=1e-5, rtol=1e-5), name
+    assert bench_hf._packed_calls(models["hf-patched"]) == 1 and bench_hf._packed_calls(models["hf-sdpa"]) == 0
+
+
+def test_interleaved_timing_rotates_and_counts():
+    """harness.bench_interleaved: every function warmed up once, then called in rounds whose order rotates, at least
+    min_reps times each; statistics per function."""
+    from benchmarks import harness
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    stats = harness.bench_interleaved(fns, torch.device("cpu"), cpu_rep_ms=0, min_reps=3)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert set(stats) == set("abc") and all(0 <= s["ms_p20"] <= s["ms"] <= s["ms_p80"] for s in stats.values())
