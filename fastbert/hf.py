@@ -32,6 +32,7 @@ import importlib.abc
 import importlib.util
 import inspect
 import sys
+import threading
 import warnings
 from typing import Any, NamedTuple
 
@@ -305,7 +306,7 @@ class PaddingFree:
         self.path, self.config, self.level = path, config, level
         self.force = False  # patch()'s probe: pack whatever the padding
         self.packed = 0  # calls run padding-free (the probe checks that its batch was)
-        self._pending: list = []
+        self._local = threading.local()  # the layouts of calls in flight, per thread (a model served from threads)
 
     def __getstate__(self):
         return {"path": self.path, "config": self.config, "level": self.level}
@@ -313,13 +314,19 @@ class PaddingFree:
     def __setstate__(self, state):
         self.__init__(state["path"], state["config"], state["level"])
 
+    def _pending(self) -> list:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
+
     def before(self, module, args, kwargs):
         found = self._pack(module, args, kwargs)
-        self._pending.append(found[0] if found else None)
+        self._pending().append(found[0] if found else None)
         return found[1] if found else None
 
     def after(self, module, args, kwargs, output):
-        layout = self._pending.pop() if self._pending else None
+        pending = self._pending()
+        layout = pending.pop() if pending else None
         return None if layout is None else _repad(output, *layout)
 
     def _pack(self, module, args, kwargs):

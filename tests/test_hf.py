@@ -283,6 +283,35 @@ def test_patch_runs_padded_batches_padding_free(monkeypatch):
     assert not calls and not model.encoder._forward_pre_hooks and not model.encoder._forward_hooks
 
 
+def test_padding_free_patched_model_serves_threads(monkeypatch):
+    """Two threads calling one patched model at once, with batches of different shapes: each call gets its own
+    batch's layout back (the hooks keep the layouts in flight per thread). Attention on torch's SDPA, as on a CPU
+    without the interpreter (Triton's interpreter is not thread-safe)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastbert.ops import fused_attention
+
+    monkeypatch.setattr(fused_attention._backend, "use_triton", lambda *t, op: False)
+    model = tiny_model("bert")
+    ids, mask = batch()
+    batches = [(ids, mask), (ids[:2, :9], mask[:2, :9].clone().index_fill_(1, torch.tensor([8]), 0))]
+    with torch.no_grad():
+        expected = [model(input_ids=i, attention_mask=m).last_hidden_state for i, m in batches]
+    assert fastbert.patch(model).padding_free.startswith("yes")
+
+    def call(k):
+        i, m = batches[k % 2]
+        with torch.no_grad():
+            out = model(input_ids=i, attention_mask=m).last_hidden_state
+        return k % 2, out
+
+    with ThreadPoolExecutor(2) as pool:
+        for k, out in pool.map(call, range(24)):
+            real = batches[k][1].bool()
+            assert out.shape == expected[k].shape
+            torch.testing.assert_close(out[real], expected[k][real], atol=1e-5, rtol=1e-5)
+
+
 def test_patch_keeps_padded_batches_padded_where_a_family_cannot_pack():
     """xmod's encoder takes per-row language ids; MobileBERT's attention refuses packed rows; Jina's pooler reads the
     padded layout: the probe says so, no hook stays, and the model runs padded, correct."""
