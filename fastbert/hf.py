@@ -196,21 +196,19 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     _refuse(module, query, key, kwargs)
     batch, heads, seqlen, head_dim = query.shape
     window = sliding_window - 1 if sliding_window else None
-    if kwargs.get("output_attentions"):
-        _warn_once("output_attentions", "attn_implementation='fastbert' never forms the attention matrix: calls with "
-                   "output_attentions=True run plain PyTorch attention to return it")
-        keys, ok = _key_padding(attention_mask, batch, seqlen)
-        packing = _packing(query, keys, kwargs) if ok else None
-        mask = attention_mask if packing is None else _segments_mask(packing.cu_seqlens, seqlen)
-        return _plain_attention(query, key, value, mask, dropout, scaling, window, weights=True)
     keys, ok = _key_padding(attention_mask, batch, seqlen)
-    if not ok or head_dim > 128:
-        why = "a 4-D mask that masks more than padding" if not ok else f"head_dim {head_dim} > 128"
-        _warn_once(f"fallback {why}", f"attn_implementation='fastbert': {why} runs plain PyTorch attention "
-                   f"({type(module).__name__})")
+    weights = bool(kwargs.get("output_attentions"))
+    if weights or not ok or head_dim > 128:
+        if weights:
+            _warn_once("output_attentions", "attn_implementation='fastbert' never forms the attention matrix: calls "
+                       "with output_attentions=True run plain PyTorch attention to return it")
+        else:
+            why = "a 4-D mask that masks more than padding" if not ok else f"head_dim {head_dim} > 128"
+            _warn_once(f"fallback {why}", f"attn_implementation='fastbert': {why} runs plain PyTorch attention "
+                       f"({type(module).__name__})")
         packing = _packing(query, keys, kwargs) if ok else None
         mask = attention_mask if packing is None else _segments_mask(packing.cu_seqlens, seqlen)
-        return _plain_attention(query, key, value, mask, dropout, scaling, window, weights=False)
+        return _plain_attention(query, key, value, mask, dropout, scaling, window, weights=weights)
     if key.shape[1] != heads:  # grouped-query attention: every query head reads its group's key/value head
         key, value = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (key, value))
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [batch, seqlen, heads, head_dim] views
@@ -228,9 +226,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
 def _segments_mask(cu_seqlens, total: int):
     """The boolean [1, 1, total, total] mask of a padding-free row: each token sees its own sequence only (for the
     plain-PyTorch fallbacks, which must not mix the row's sequences either)."""
-    import torch
+    from .ops.padding import sequence_of_token
 
-    segment = torch.searchsorted(cu_seqlens[1:].long(), torch.arange(total, device=cu_seqlens.device), right=True)
+    segment = sequence_of_token(cu_seqlens, total)
     return (segment[:, None] == segment[None, :])[None, None]
 
 
@@ -332,8 +330,6 @@ class PaddingFree:
     def _pack(self, module, args, kwargs):
         import torch
 
-        from .ops import padding
-
         arguments = _arguments(module, args, kwargs)
         if arguments is None:
             return None
@@ -364,12 +360,9 @@ class PaddingFree:
                 return None  # a per-row input (e.g. language ids) the packed row cannot carry
         if not ok or keys is None:
             return None
-        seqlens = keys.sum(1, dtype=torch.int32)
-        seqlens_host = seqlens.cpu()  # the one device->host copy, as in fastbert's own models
-        real = int(seqlens_host.sum())
-        if real == 0 or not (self.force or self.path.unpads(real, keys.numel())):
+        layout, real = self.path.unpad(keys, "always" if self.force else "auto")  # as fastbert's own models decide
+        if layout is None or real == 0:
             return None
-        layout = padding.unpad(keys, seqlens, seqlens_host)
         self.packed += 1
 
         def flat(t):
@@ -387,10 +380,8 @@ class PaddingFree:
 def _arguments(module, args, kwargs) -> dict | None:
     """The call's arguments by name (``**kwargs`` flattened in); key 0 holds (name or None, the first argument).
     None when the call does not bind to the forward's signature or passes extra positional arguments."""
-    import inspect as _inspect
-
     try:
-        bound = _inspect.signature(module.forward).bind(*args, **kwargs)
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
     except (TypeError, ValueError):
         return None
     params = bound.signature.parameters
@@ -693,10 +684,9 @@ def _transformers_models(model) -> list:
     return found
 
 
-def _route_attention(model) -> str:
+def _route_attention(model, models: list) -> str:
     """Switch attention to "fastbert" in each transformers model in ``model`` that calls attention through
-    transformers' interface."""
-    models = _transformers_models(model)
+    transformers' interface (``models``: :func:`_transformers_models` of ``model``)."""
     if not models or not register():
         return "left as is (not a transformers model with AttentionInterface)"
     routed = []
@@ -730,13 +720,14 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
 
     from .ops.dispatch import choose_path
 
-    for m in _transformers_models(model):
+    models = _transformers_models(model)
+    for m in models:
         if getattr(m.config, "is_decoder", False):
             raise ValueError(f"fastbert.patch: {type(m).__name__} is a decoder (config.is_decoder=True): fastbert's "
                              "attention is bidirectional only")
     first = next(model.parameters(), None)
     path = choose_path(attn_implementation, first.device if first is not None else None)
-    attention = _route_attention(model)
+    attention = _route_attention(model, models)
     swapped: dict[str, str] = {}
     inside = set()
     for name, module in model.named_modules():
@@ -755,7 +746,7 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     if not swapped and attention.startswith("left"):
         raise ValueError(f"fastbert.patch: nothing to patch in {type(model).__name__} (its attention does not go "
                          "through transformers' AttentionInterface and no module matches a fused op)")
-    routed = [m for m in _transformers_models(model) if getattr(m.config, "_attn_implementation", None) == NAME]
+    routed = [m for m in models if getattr(m.config, "_attn_implementation", None) == NAME]
     padding_free = "; ".join(_install_padding_free(m, path) for m in routed) or "no (attention not routed)"
     return PatchReport(model, path.name, attention, swapped, padding_free)
 

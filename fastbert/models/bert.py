@@ -492,14 +492,8 @@ class BertModel(BertPreTrainedModel):
         to unpad, else None; the mask becomes None when nothing is padded (attention then runs unmasked)."""
         if attention_mask is None or self.unpad == "never":
             return None, attention_mask
-        seqlens = attention_mask.sum(1, dtype=torch.int32)
-        seqlens_host = seqlens.cpu()  # the one device->host copy of the unpadded path: [batch] ints
-        real = int(seqlens_host.sum())
-        if real == attention_mask.numel() and self.unpad != "always":
-            return None, None
-        if not self.path.unpads(real, attention_mask.numel(), self.unpad):
-            return None, attention_mask
-        return padding.unpad(attention_mask, seqlens, seqlens_host), attention_mask
+        layout, real = self.path.unpad(attention_mask, self.unpad)
+        return layout, (None if layout is None and real == attention_mask.numel() else attention_mask)
 
 
 _HF_PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")

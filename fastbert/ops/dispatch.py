@@ -102,10 +102,9 @@ def _sdpa_attention(q, k, v, attn: AttentionInputs, dropout_p: float):
     sequence (no padding rebuilt, SDPA's fastest kernel), with cu_seqlens read on the host once per forward."""
     if not attn.packed:
         return reference.sdpa_attention(q, k, v, attn.attention_mask, dropout_p)
-    if torch.compiler.is_compiling():  # host-side bounds are data-dependent: trace the padded form instead
-        return _padded_only(reference.sdpa_attention)(q, k, v, attn, dropout_p)
-    return reference.sdpa_attention_packed(q, k, v, attn.cu_seqlens, dropout_p,
-                                           bounds=padding.host_values(attn.cu_seqlens))
+    # one SDPA call per sequence (the padded form under torch.compile): the functional's torch path does exactly that
+    return reference.attention_torch(q, k, v, cu_seqlens=attn.cu_seqlens, max_seqlen=attn.max_seqlen,
+                                     dropout_p=dropout_p)
 
 
 def _in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -119,7 +118,7 @@ def _in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
 def _add_layer_norm(x, residual, ln: nn.LayerNorm, dropout_p: float):
     if dropout_p == 0.0 and _in_place(x, residual) and residual.dtype == x.dtype and torch.broadcast_shapes(
             x.shape, residual.shape) == x.shape:
-        return F.layer_norm(x.add_(residual), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        return _layer_norm(x.add_(residual), ln)
     return ln(F.dropout(x, dropout_p, training=dropout_p > 0.0) + residual)
 
 
@@ -204,6 +203,16 @@ class Path:
         if self.unpad_min_padding is None or positions == 0:
             return False
         return 1.0 - real_tokens / positions >= self.unpad_min_padding
+
+    def unpad(self, mask: torch.Tensor, override: str = "auto") -> tuple[padding.Unpadded | None, int]:
+        """(packed layout or None, real tokens) of a padded batch with boolean/0-1 key ``mask [batch, seqlen]``: the
+        layout when :meth:`unpads` says so. Reads the row lengths on the host (the one device-to-host copy)."""
+        seqlens = mask.sum(1, dtype=torch.int32)
+        seqlens_host = seqlens.cpu()
+        real = int(seqlens_host.sum())
+        if not self.unpads(real, mask.numel(), override):
+            return None, real
+        return padding.unpad(mask, seqlens, seqlens_host), real
 
 
 def choose_path(attn_implementation: str, device: torch.device | str | None = None) -> Path:

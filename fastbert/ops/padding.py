@@ -60,12 +60,14 @@ def padded_to_packed(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return x[attention_mask.bool()]
 
 
+def sequence_of_token(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """The index of the packed sequence each of ``total`` tokens belongs to: int64 [total]."""
+    return torch.searchsorted(cu_seqlens[1:].long(), torch.arange(total, device=cu_seqlens.device), right=True)
+
+
 def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Positions restarting at 0 in every packed sequence: int64 [total]."""
-    starts = cu_seqlens[:-1].long()
-    arange = torch.arange(total, device=cu_seqlens.device)
-    seq_of_token = torch.searchsorted(cu_seqlens[1:].long(), arange, right=True)
-    return arange - starts[seq_of_token]
+    return torch.arange(total, device=cu_seqlens.device) - cu_seqlens[:-1].long()[sequence_of_token(cu_seqlens, total)]
 
 
 def key_padding_mask(mask: torch.Tensor | None, batch: int, seqlen: int) -> torch.Tensor | None:
