@@ -201,7 +201,7 @@ def run_sentence_transformers(device: torch.device, quick: bool = False) -> list
             1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks), 3)
         report = fastbert.patch(models[1])
         rows[1]["note"] = (f"{report.attention}; {len(report.modules)} modules swapped (path {report.path}); "
-                           f"padding-free layers: {report.padding_free}")
+                           f"padding-free layers: {report.padding_free}; dense layers: {report.dense}")
         runs = {row["provider"]: (lambda m=m: m.encode(texts, batch_size=32, show_progress_bar=False))
                 for row, m in zip(rows, models)}
         for row, stats in zip(rows, harness.bench_interleaved(runs, device, rep_ms=500, cpu_rep_ms=2000,

@@ -21,8 +21,9 @@ the attention matrix), a 4-D mask that is not a key-padding mask, head_dim above
 **patch(model).** Routes attention through the interface and, on the path ``fastbert.ops.choose_path`` picks for the
 model's device, gives the modules whose *structure* (children and a numerical probe of their forward) shows
 dropout+residual+LayerNorm, bias+GELU or LayerNorm, whatever their class name, a forward calling the path's kernels:
-fused Triton kernels on CUDA; on CPU ("sdpa") transformers' own operations done in place in inference (bit-identical,
-fewer large allocations). Padded batches then run through the layers padding-free (:class:`PaddingFree`, forward
+fused Triton kernels on CUDA; on CPU ("sdpa") transformers' own operations done in place in inference (fewer large
+allocations). Every ``nn.Linear`` runs ``fastbert.ops.linear`` (on CPU in fp32 inference oneDNN's GEMM where it
+measured faster than PyTorch's, the FFN activation as its post-op). Padded batches then run through the layers padding-free (:class:`PaddingFree`, forward
 hooks on the encoder stack) from the path's measured padding threshold.
 """
 from __future__ import annotations
@@ -263,13 +264,14 @@ class PatchReport(NamedTuple):
     """What :func:`patch` changed: ``attention`` says how attention now runs, ``modules`` maps each swapped module's
     name to its role ("add_layer_norm", "dense_act", "head_transform", "layer_norm"), ``path`` is the policy's pick,
     ``padding_free`` says whether padded batches now run the layers padding-free (and from how much padding) or why
-    not."""
+    not, ``dense`` how many ``nn.Linear`` now run ``fastbert.ops.linear`` and which GEMM that runs on CPU."""
 
     model: Any
     path: str
     attention: str
     modules: dict
     padding_free: str = "no"
+    dense: str = "no nn.Linear"
 
     def __repr__(self) -> str:
         roles: dict[str, int] = {}
@@ -277,7 +279,7 @@ class PatchReport(NamedTuple):
             roles[role] = roles.get(role, 0) + 1
         fused = ", ".join(f"{n} {r}" for r, n in sorted(roles.items())) or "no module fused"
         return (f"PatchReport({type(self.model).__name__}: path {self.path!r}; attention: {self.attention}; {fused}; "
-                f"padding-free layers: {self.padding_free})")
+                f"padding-free layers: {self.padding_free}; dense layers: {self.dense})")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -604,7 +606,7 @@ def _match(module) -> tuple[str, dict] | None:
                 return ("add_layer_norm", parts) if _close(module(x, r), ln(dense(x) + r)) else None
             if len(params) != 1 or act is None:
                 return None
-            from .ops.dispatch import activation
+            from .ops.linear import activation
 
             if kinds == {"dense", "act"}:
                 return ("dense_act", parts) if _close(module(x), activation(act, dense(x))) else None
@@ -651,8 +653,14 @@ def _patched_class(original: type, role: str) -> type:
     attribute of this module (rebuilt on demand by ``__getattr__`` in a process that has not patched yet)."""
     if (original, role) not in _PATCHED:
         name = _SEP.join(("Fastbert", role, original.__module__.replace(".", "__"), original.__qualname__))
+        if role == "linear":  # fastbert.ops.Linear's own forward (imports torch: looked up only here)
+            from .ops.linear import Linear
+
+            forward = Linear.forward
+        else:
+            forward = _FORWARDS[role]
         cls = type(f"Fastbert{original.__name__}", (original,),
-                   {"forward": _FORWARDS[role], "_fastbert_original": original, "__module__": __name__})
+                   {"forward": forward, "_fastbert_original": original, "__module__": __name__})
         cls.__qualname__ = name
         _PATCHED[(original, role)] = cls
     return _PATCHED[(original, role)]
@@ -711,7 +719,9 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     "auto": "fused" on CUDA, "sdpa" on CPU), modules whose structure computes LayerNorm(dropout(dense(h)) + residual),
     act(dense(x)), LayerNorm(act(dense(x))) or a LayerNorm on its own get a forward calling the path's kernels: fused
     Triton kernels on "fused"; on "sdpa"/"eager" transformers' own operations, done in place when no gradient flows
-    (one [tokens, features] allocation fewer each, bit-identical results). Padded batches then run the layers
+    (one [tokens, features] allocation fewer each). Every module of exactly the class ``nn.Linear`` gets
+    ``fastbert.ops.Linear``'s forward (oneDNN's GEMM in CPU fp32 inference where ``fastbert.ops.linear.cpu_gemm``
+    picked it; ``F.linear`` otherwise). Padded batches then run the layers
     padding-free (:class:`PaddingFree`) from the path's measured padding threshold, where a probe batch shows the
     family allows it. Returns a :class:`PatchReport`; raises ValueError, naming the class, for a model it cannot run
     correctly (a decoder: causal attention).
@@ -730,7 +740,11 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     attention = _route_attention(model, models)
     swapped: dict[str, str] = {}
     inside = set()
+    linears = []
     for name, module in model.named_modules():
+        if type(module) is nn.Linear:  # exactly: a subclass (quantized, adapter) keeps its own forward
+            linears.append(module)
+            continue
         if hasattr(type(module), "_fastbert_original") or any(name.startswith(p + ".") for p in inside):
             continue
         found = _match(module) if not isinstance(module, nn.LayerNorm) else (
@@ -746,9 +760,21 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     if not swapped and attention.startswith("left"):
         raise ValueError(f"fastbert.patch: nothing to patch in {type(model).__name__} (its attention does not go "
                          "through transformers' AttentionInterface and no module matches a fused op)")
+    for module in linears:
+        module.__class__ = _patched_class(nn.Linear, "linear")
     routed = [m for m in models if getattr(m.config, "_attn_implementation", None) == NAME]
     padding_free = "; ".join(_install_padding_free(m, path) for m in routed) or "no (attention not routed)"
-    return PatchReport(model, path.name, attention, swapped, padding_free)
+    return PatchReport(model, path.name, attention, swapped, padding_free, _dense_report(len(linears)))
+
+
+def _dense_report(linears: int) -> str:
+    from .ops.linear import cpu_gemm
+
+    if not linears:
+        return "no nn.Linear"
+    gemm, why = cpu_gemm()
+    on_cpu = "oneDNN" if gemm == "onednn" else "PyTorch's default (MKL)"
+    return f"{linears} nn.Linear run fastbert.ops.linear (CPU fp32 inference: {on_cpu} GEMM, {why})"
 
 
 def unpatch(model):

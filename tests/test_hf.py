@@ -219,10 +219,12 @@ def test_patch_fuses_by_structure(model_type):
     assert not any(hasattr(type(m), "_fastbert_original") for m in model.modules())
 
 
-def test_patch_on_cpu_swaps_in_place_forms_of_transformers_ops():
-    """The policy's CPU path is sdpa: the swapped modules run transformers' own operations, in place when no gradient
-    flows (the activation lands in the dense output's buffer), bit-identical to the unpatched model; in training
-    nothing is in place and the gradients are the unpatched ones."""
+def test_patch_on_cpu_swaps_in_place_forms_of_transformers_ops(monkeypatch):
+    """The policy's CPU path is sdpa: with PyTorch's own GEMM (FASTBERT_CPU_GEMM=torch) the swapped modules run
+    transformers' own operations, in place when no gradient flows (the activation lands in the dense output's
+    buffer), bit-identical to the unpatched model; in training nothing is in place and the gradients are the
+    unpatched ones."""
+    monkeypatch.setenv("FASTBERT_CPU_GEMM", "torch")
     model = tiny_model("bert", cls=transformers.BertForMaskedLM)
     ref = copy.deepcopy(model)
     ref.set_attn_implementation("fastbert")  # the same attention: what differs is the swapped modules
@@ -246,6 +248,43 @@ def test_patch_on_cpu_swaps_in_place_forms_of_transformers_ops():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_patch_on_cpu_runs_dense_layers_on_onednn(monkeypatch):
+    """With oneDNN's GEMM chosen (forced here; "auto" measures), every nn.Linear of the patched model runs it in
+    inference, the feed-forward GELU as its post-op; outputs match the unpatched model to fp32 rounding; training
+    (gradients flow) stays on F.linear with the unpatched gradients; unpatch restores nn.Linear."""
+    from fastbert.ops import linear as linear_mod
+
+    monkeypatch.setenv("FASTBERT_CPU_GEMM", "onednn")
+    model = tiny_model("bert", cls=transformers.BertForMaskedLM)
+    ref = copy.deepcopy(model)
+    report = fastbert.patch(model)
+    n_linear = sum(type(m) is torch.nn.Linear for m in ref.modules())
+    assert report.dense.startswith(f"{n_linear} nn.Linear run fastbert.ops.linear (CPU fp32 inference: oneDNN"), report
+    posts = []
+    real_op = linear_mod._onednn_op()
+    monkeypatch.setattr(linear_mod, "_onednn_op", lambda: lambda *a: posts.append(a[3]) or real_op(*a))
+    ids, mask = batch()
+    real = mask.bool()  # padded positions: zeros from the padding-free layers, garbage from the padded model
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits[real],
+                                   ref(input_ids=ids, attention_mask=mask).logits[real], atol=1e-5, rtol=1e-5)
+    layers = model.config.num_hidden_layers
+    # per layer q, k, v, attention output, intermediate (GELU post-op), output; then the MLM head's transform
+    # (GELU post-op) and decoder
+    assert posts.count("gelu") == layers + 1 and len(posts) == 6 * layers + 2, posts
+    posts.clear()
+    model.train(), ref.train()
+    grads = []
+    for m in (ref, model):
+        m(input_ids=ids, attention_mask=mask).logits[real].square().mean().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert not posts and grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
+    fastbert.unpatch(model)
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == n_linear
 
 
 def test_patch_runs_padded_batches_padding_free(monkeypatch):

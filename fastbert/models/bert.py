@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import IGNORE_INDEX, BertConfig
 from ..ops import padding
 from ..ops.dispatch import AttentionInputs, Kernels, Path, choose_path
+from ..ops.linear import Linear
 from . import loading
 from .outputs import (
     BaseModelOutputWithPooling,
@@ -88,9 +89,9 @@ class BertSelfAttention(_UsesKernels):
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.head_dim
         self.all_head_size = config.hidden_size
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
@@ -105,7 +106,7 @@ class BertSelfOutput(_UsesKernels):
 
     def __init__(self, config: BertConfig, in_features: int | None = None):
         super().__init__(config)
-        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -129,7 +130,7 @@ class BertIntermediate(_UsesKernels):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.kernels.dense_act(hidden, self.dense, self.config.hidden_act)
@@ -175,7 +176,7 @@ class BertEncoder(nn.Module):
 class BertPooler(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
     def forward(self, first_token: torch.Tensor) -> torch.Tensor:
@@ -559,7 +560,7 @@ class BertPredictionHeadTransform(_UsesKernels):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -570,7 +571,7 @@ class BertLMPredictionHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias  # tied, as in HF: both names appear in the state dict
 
@@ -590,7 +591,7 @@ class BertOnlyMLMHead(nn.Module):
 class BertOnlyNSPHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = Linear(config.hidden_size, 2)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.seq_relationship(pooled)
@@ -600,7 +601,7 @@ class BertPreTrainingHeads(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.predictions = BertLMPredictionHead(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = Linear(config.hidden_size, 2)
 
     def forward(self, hidden: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.predictions(hidden), self.seq_relationship(pooled)
@@ -628,7 +629,7 @@ def _add_classifier(model: BertPreTrainedModel, add_pooling_layer: bool) -> None
     model.bert = _base(config, add_pooling_layer=add_pooling_layer)
     model.dropout = nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None
                                else config.hidden_dropout_prob)
-    model.classifier = nn.Linear(config.hidden_size, config.num_labels)
+    model.classifier = Linear(config.hidden_size, config.num_labels)
     model.post_init()
 
 
@@ -762,7 +763,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = _base(self.config, add_pooling_layer=False)
-        self.qa_outputs = nn.Linear(self.config.hidden_size, 2)
+        self.qa_outputs = Linear(self.config.hidden_size, 2)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cu_seqlens=None,

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import ATTN_IMPLEMENTATIONS, GELU_APPROXIMATE
 from . import padding, reference
+from .linear import dense, linear
 
 PATHS = ("eager", "sdpa", "fused")
 
@@ -71,16 +72,9 @@ class Kernels(NamedTuple):
 # ----------------------------------------------------------------------------------------------------------------
 # eager / sdpa entries: Hugging Face's own computations, op for op
 # ----------------------------------------------------------------------------------------------------------------
-def activation(name: str, x: torch.Tensor) -> torch.Tensor:
-    """A BERT ``hidden_act`` by name ("relu", or one of the GELU names of config.GELU_APPROXIMATE)."""
-    if name == "relu":
-        return F.relu(x)
-    return F.gelu(x, approximate=GELU_APPROXIMATE[name])
-
-
 def _project_qkv(hidden, query: nn.Linear, key: nn.Linear, value: nn.Linear, heads: int):
     heads_shape = hidden.shape[:-1] + (heads, query.out_features // heads)  # not -1: zero tokens must reshape too
-    return tuple(proj(hidden).view(heads_shape) for proj in (query, key, value))  # [..., heads, head_dim] each
+    return tuple(dense(proj, hidden).view(heads_shape) for proj in (query, key, value))  # [..., heads, head_dim] each
 
 
 def _padded_only(fn: Callable) -> Callable:
@@ -127,11 +121,10 @@ def _layer_norm(x, ln: nn.LayerNorm):
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
-def _dense_act(x, dense: nn.Linear, act: str):
-    y = dense(x)
-    if _in_place(y):
-        return F.relu_(y) if act == "relu" else torch.ops.aten.gelu_(y, approximate=GELU_APPROXIMATE[act])
-    return activation(act, y)
+def _dense_act(x, layer: nn.Linear, act: str):
+    # oneDNN GEMM with the activation as post-op on CPU where fastbert.ops.linear's rule says so; else the layer,
+    # then the activation (in place when no gradient flows)
+    return dense(layer, x, act)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,7 +140,7 @@ def _fused_kernels() -> Kernels:
         weight = torch.cat([query.weight, key.weight, value.weight])  # [3*hidden, hidden]
         bias = torch.cat([query.bias, key.bias, value.bias])
         head_dim = query.out_features // heads  # explicit (not -1): a batch of zero tokens must reshape too
-        qkv = F.linear(hidden, weight, bias).view(hidden.shape[:-1] + (3, heads, head_dim))  # [..., 3, heads, head_dim]
+        qkv = linear(hidden, weight, bias).view(hidden.shape[:-1] + (3, heads, head_dim))  # [..., 3, heads, head_dim]
         return qkv.unbind(-3)
 
     def fused_attention(q, k, v, attn: AttentionInputs, dropout_p: float):
@@ -160,11 +153,11 @@ def _fused_kernels() -> Kernels:
     def plain_layer_norm(x, ln: nn.LayerNorm):
         return layer_norm(x, ln.weight, ln.bias, ln.eps)
 
-    def dense_act(x, dense: nn.Linear, act: str):
+    def dense_act(x, layer: nn.Linear, act: str):
         if act not in GELU_APPROXIMATE:
-            return _dense_act(x, dense, act)  # relu: nothing to fuse
+            return _dense_act(x, layer, act)  # relu: nothing to fuse
         # the bias add moves out of the GEMM into the GELU kernel
-        return bias_gelu(F.linear(x, dense.weight), dense.bias, approximate=GELU_APPROXIMATE[act])
+        return bias_gelu(linear(x, layer.weight), layer.bias, approximate=GELU_APPROXIMATE[act])
 
     return Kernels("fused", project_qkv, fused_attention, add_layer_norm, plain_layer_norm, dense_act)
 

@@ -1,0 +1,152 @@
+"""Dense layers on the CPU: which GEMM a linear layer runs there (the third decision, beside the path policy of
+``dispatch`` and the Triton-or-reference rule of ``fastbert._backend``).
+
+PyTorch's CPU ``F.linear`` calls MKL's sgemm. On some x86 CPUs MKL does not pick its fastest code: on the AMD EPYC
+(AVX-512) of the 2-core benchmark machine it ran the BERT shapes at 143-182 GFLOP/s where oneDNN, which ships inside
+every x86 PyTorch build, ran the same fp32 GEMMs at 256-422 GFLOP/s (``benchmarks/bench_hf.py``, README). So a dense
+layer here runs oneDNN's fp32 GEMM (``torch.ops.mkldnn._linear_pointwise``, the op Inductor's CPU backend emits,
+same IEEE fp32 arithmetic, summed in another order) when all of these hold, else ``F.linear``:
+
+* CPU fp32 tensors of plain ``torch.Tensor`` type, not under ``torch.compile``/export tracing or ``torch.jit``;
+* no gradient flows (inference, or frozen weights): the op has no autograd formula;
+* at least :data:`MIN_ROWS` rows (a handful of tokens: the primitive's set-up cost more than MKL's GEMM);
+* :func:`cpu_gemm` is "onednn": ``FASTBERT_CPU_GEMM`` = "onednn" / "torch", or "auto" (default) = whichever ran
+  faster in a one-time measurement on this machine (about 20 ms, on the first eligible call), so a CPU where MKL is
+  the faster one keeps it.
+
+An activation after the GEMM (GELU, exact or tanh, and ReLU) is applied by oneDNN as a post-op, in the GEMM's output
+tile: the [tokens, 4*hidden] activation pass of the feed-forward block goes away.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import GELU_APPROXIMATE
+
+MIN_ROWS = 16
+CHOICES = ("auto", "onednn", "torch")
+_ONEDNN_ACT = {"relu": ("relu", ""), **{name: ("gelu", approx) for name, approx in GELU_APPROXIMATE.items()}}
+
+
+def _onednn_op():
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+@functools.lru_cache(maxsize=None)
+def _choose(setting: str) -> tuple[str, str]:
+    if setting not in CHOICES:
+        raise ValueError(f"FASTBERT_CPU_GEMM must be one of {CHOICES}, got {setting!r}")
+    if setting == "torch":
+        return "torch", "FASTBERT_CPU_GEMM=torch"
+    op = _onednn_op()
+    if op is None or not torch.backends.mkldnn.is_available():
+        return "torch", "oneDNN is not part of this PyTorch build"
+    try:  # the op is Inductor's: check it still computes a linear layer before trusting it
+        x, w, b = torch.randn(MIN_ROWS, 8), torch.randn(4, 8), torch.randn(4)
+        if not torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5, rtol=1e-5):
+            return "torch", "oneDNN's linear op disagrees with F.linear"
+    except Exception as exc:  # noqa: BLE001 - another signature in another PyTorch
+        return "torch", f"oneDNN's linear op is not callable here ({type(exc).__name__})"
+    if setting == "onednn":
+        return "onednn", "FASTBERT_CPU_GEMM=onednn"
+    t_torch, t_onednn = _measure(op)
+    faster = "onednn" if t_onednn < t_torch else "torch"
+    return faster, f"measured: MKL {t_torch * 1e3:.2f} ms, oneDNN {t_onednn * 1e3:.2f} ms (512x384 @ 384x1536 fp32)"
+
+
+def _measure(op, rounds: int = 5) -> tuple[float, float]:
+    """Best-of-``rounds`` seconds of F.linear and of oneDNN's op on a BERT feed-forward GEMM, timed alternately."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=gen) for s in ((512, 384), (1536, 384), (1536,)))
+    best = {"torch": float("inf"), "onednn": float("inf")}
+    with torch.no_grad():
+        for i in range(rounds + 1):
+            for name, fn in (("torch", lambda: F.linear(x, w, b)), ("onednn", lambda: op(x, w, b, "none", [], ""))):
+                t = time.perf_counter()
+                fn()
+                if i:  # the first round warms both up
+                    best[name] = min(best[name], time.perf_counter() - t)
+    return best["torch"], best["onednn"]
+
+
+def cpu_gemm() -> tuple[str, str]:
+    """("onednn" or "torch", why): the GEMM eligible CPU fp32 linear layers run (``FASTBERT_CPU_GEMM``, default
+    "auto")."""
+    return _choose(os.environ.get("FASTBERT_CPU_GEMM", "auto"))
+
+
+def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2:
+        return False
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or (bias is not None and bias.dtype != x.dtype):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False
+    if x.numel() < MIN_ROWS * x.shape[-1] or torch.compiler.is_compiling() or torch.jit.is_scripting() \
+            or torch.jit.is_tracing():
+        return False
+    return cpu_gemm()[0] == "onednn"
+
+
+def activation(name: str, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """A BERT ``hidden_act`` by name ("relu", or one of the GELU names of config.GELU_APPROXIMATE); ``in_place``
+    overwrites ``x`` (only where no gradient flows through it)."""
+    if name == "relu":
+        return F.relu_(x) if in_place else F.relu(x)
+    if in_place:
+        return torch.ops.aten.gelu_(x, approximate=GELU_APPROXIMATE[name])
+    return F.gelu(x, approximate=GELU_APPROXIMATE[name])
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           act: str | None = None) -> torch.Tensor:
+    """``activation(act, F.linear(x, weight, bias))`` (``act`` None: no activation), on oneDNN where this module's
+    rule says so (the activation then as its post-op)."""
+    if _onednn_eligible(x, weight, bias):
+        post, algorithm = _ONEDNN_ACT[act] if act is not None else ("none", "")
+        return _onednn_op()(x, weight, bias, post, [], algorithm)
+    y = F.linear(x, weight, bias)
+    if act is None:
+        return y
+    # a fresh output: overwrite it when no gradient flows (one [tokens, features] allocation fewer)
+    return activation(act, y, in_place=not y.requires_grad)
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Would :func:`linear` run oneDNN for these tensors here?"""
+    return _onednn_eligible(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state_dict keys) whose forward is :func:`linear`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's argument name
+        return linear(input, self.weight, self.bias)
+
+
+_PLAIN_FORWARDS = (nn.Linear.forward, Linear.forward)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Forward hooks on ``module`` (or on every module): then it is called, so that they see its output."""
+    from torch.nn.modules import module as module_globals
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module_globals._global_forward_hooks
+                or module_globals._global_forward_pre_hooks)
+
+
+def dense(module: nn.Module, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
+    """``activation(act, module(x))`` for a dense layer: through :func:`linear` (oneDNN, activation as post-op,
+    where the rule says so) when ``module`` computes a plain linear layer and has no forward hooks, else through its
+    own call (a subclass such as a quantized or adapter layer keeps what it does; hooks see its output)."""
+    if type(module).forward in _PLAIN_FORWARDS and not _hooked(module):
+        return linear(x, module.weight, module.bias, act)
+    y = module(x)
+    return y if act is None else activation(act, y, in_place=not y.requires_grad)
