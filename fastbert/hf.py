@@ -22,9 +22,9 @@ the attention matrix), a 4-D mask that is not a key-padding mask, head_dim above
 model's device, gives the modules whose *structure* (children and a numerical probe of their forward) shows
 dropout+residual+LayerNorm, bias+GELU or LayerNorm, whatever their class name, a forward calling the path's kernels:
 fused Triton kernels on CUDA; on CPU ("sdpa") transformers' own operations done in place in inference (fewer large
-allocations). Every ``nn.Linear`` runs ``fastbert.ops.linear`` (on CPU in fp32 inference oneDNN's GEMM where it
-measured faster than PyTorch's, the FFN activation as its post-op). Padded batches then run through the layers padding-free (:class:`PaddingFree`, forward
-hooks on the encoder stack) from the path's measured padding threshold.
+allocations). Every ``nn.Linear`` runs ``fastbert.ops.linear`` (on CPU in fp32 oneDNN's GEMM where it measured
+faster than PyTorch's; in inference the FFN activation as its post-op). Padded batches then run through the layers
+padding-free (:class:`PaddingFree`, forward hooks on the encoder stack) from the path's measured padding threshold.
 """
 from __future__ import annotations
 
@@ -720,7 +720,7 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     act(dense(x)), LayerNorm(act(dense(x))) or a LayerNorm on its own get a forward calling the path's kernels: fused
     Triton kernels on "fused"; on "sdpa"/"eager" transformers' own operations, done in place when no gradient flows
     (one [tokens, features] allocation fewer each). Every module of exactly the class ``nn.Linear`` gets
-    ``fastbert.ops.Linear``'s forward (oneDNN's GEMM in CPU fp32 inference where ``fastbert.ops.linear.cpu_gemm``
+    ``fastbert.ops.Linear``'s forward (oneDNN's GEMM on CPU in fp32 where ``fastbert.ops.linear.cpu_gemm``
     picked it; ``F.linear`` otherwise). Padded batches then run the layers
     padding-free (:class:`PaddingFree`) from the path's measured padding threshold, where a probe batch shows the
     family allows it. Returns a :class:`PatchReport`; raises ValueError, naming the class, for a model it cannot run
@@ -774,7 +774,7 @@ def _dense_report(linears: int) -> str:
         return "no nn.Linear"
     gemm, why = cpu_gemm()
     on_cpu = "oneDNN" if gemm == "onednn" else "PyTorch's default (MKL)"
-    return f"{linears} nn.Linear run fastbert.ops.linear (CPU fp32 inference: {on_cpu} GEMM, {why})"
+    return f"{linears} nn.Linear run fastbert.ops.linear (on CPU in fp32: {on_cpu} GEMM, {why})"
 
 
 def unpatch(model):

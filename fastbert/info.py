@@ -59,7 +59,7 @@ def collect() -> dict[str, str]:
 
     gemm, why = cpu_gemm()
     info["CPU fp32 dense layers"] = ("oneDNN GEMM" if gemm == "onednn" else "PyTorch's GEMM (MKL)") + \
-        f" in inference ({why}; FASTBERT_CPU_GEMM=auto|onednn|torch)"
+        f" ({why}; FASTBERT_CPU_GEMM=auto|onednn|torch)"
     info["import fastbert"] = f"{import_seconds() * 1e3:.0f} ms (Triton and torch load on first use)"
     return info
 

@@ -252,8 +252,9 @@ def test_patch_on_cpu_swaps_in_place_forms_of_transformers_ops(monkeypatch):
 
 def test_patch_on_cpu_runs_dense_layers_on_onednn(monkeypatch):
     """With oneDNN's GEMM chosen (forced here; "auto" measures), every nn.Linear of the patched model runs it in
-    inference, the feed-forward GELU as its post-op; outputs match the unpatched model to fp32 rounding; training
-    (gradients flow) stays on F.linear with the unpatched gradients; unpatch restores nn.Linear."""
+    inference, the feed-forward GELU as its post-op; outputs match the unpatched model to fp32 rounding; in training
+    (gradients flow) forward and backward GEMMs run oneDNN, GELU stays torch's, gradients match the unpatched ones;
+    unpatch restores nn.Linear."""
     from fastbert.ops import linear as linear_mod
 
     monkeypatch.setenv("FASTBERT_CPU_GEMM", "onednn")
@@ -261,7 +262,7 @@ def test_patch_on_cpu_runs_dense_layers_on_onednn(monkeypatch):
     ref = copy.deepcopy(model)
     report = fastbert.patch(model)
     n_linear = sum(type(m) is torch.nn.Linear for m in ref.modules())
-    assert report.dense.startswith(f"{n_linear} nn.Linear run fastbert.ops.linear (CPU fp32 inference: oneDNN"), report
+    assert report.dense.startswith(f"{n_linear} nn.Linear run fastbert.ops.linear (on CPU in fp32: oneDNN"), report
     posts = []
     real_op = linear_mod._onednn_op()
     monkeypatch.setattr(linear_mod, "_onednn_op", lambda: lambda *a: posts.append(a[3]) or real_op(*a))
@@ -280,9 +281,10 @@ def test_patch_on_cpu_runs_dense_layers_on_onednn(monkeypatch):
     for m in (ref, model):
         m(input_ids=ids, attention_mask=mask).logits[real].square().mean().backward()
         grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
-    assert not posts and grads[0].keys() == grads[1].keys()
+    assert posts and set(posts) == {"none"}, posts  # training: oneDNN forward and backward GEMMs, torch's GELU
+    assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
     fastbert.unpatch(model)
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == n_linear
 

@@ -45,13 +45,13 @@ def test_onednn_linear_takes_strided_inputs(onednn):
     assert len(onednn) == 1
 
 
-@pytest.mark.parametrize("case", ["grad", "float64", "bfloat16", "few rows", "1-d", "subclass", "torch setting"])
+@pytest.mark.parametrize("case", ["autocast", "float64", "bfloat16", "few rows", "1-d", "subclass", "torch setting"])
 def test_ineligible_calls_run_f_linear(onednn, monkeypatch, case):
-    """Each rule of the eligibility list: gradients, another dtype, fewer than MIN_ROWS rows, 1-D input, a tensor
-    subclass, FASTBERT_CPU_GEMM=torch -> F.linear (and a gradient flows where one was asked for)."""
+    """Each rule of the eligibility list: CPU autocast, another dtype, fewer than MIN_ROWS rows, 1-D input, a tensor
+    subclass, FASTBERT_CPU_GEMM=torch -> F.linear."""
     x, w, b = torch.randn(L.MIN_ROWS, 8), torch.randn(4, 8), torch.randn(4)
-    if case == "grad":
-        w.requires_grad_(True)
+    if case == "autocast":
+        monkeypatch.setattr(torch, "is_autocast_enabled", lambda *a: True)
     elif case in ("float64", "bfloat16"):
         dtype = getattr(torch, case)
         x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
@@ -67,9 +67,40 @@ def test_ineligible_calls_run_f_linear(onednn, monkeypatch, case):
     y = L.linear(x, w, b, "gelu")
     assert not onednn
     torch.testing.assert_close(y.as_subclass(torch.Tensor), F.gelu(F.linear(x, w, b)).as_subclass(torch.Tensor))
-    if case == "grad":
-        y.sum().backward()
-        assert w.grad is not None and w.grad.shape == w.shape
+
+
+def test_autocast_still_runs_bf16(onednn):
+    layer = L.Linear(8, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(L.MIN_ROWS, 8)).dtype == torch.bfloat16
+    assert not onednn
+
+
+@pytest.mark.parametrize("grads", ["all", "frozen weight", "weights only"])
+@pytest.mark.parametrize("shape", [(L.MIN_ROWS, 40), (3, 7, 40)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_gradients(onednn, grads, shape, bias):
+    """Training: forward and the backward GEMMs needed on oneDNN; outputs and gradients match the fp64 reference to
+    fp32 rounding, also with a stride-0 incoming gradient (the backward of a sum)."""
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(*shape, generator=g, dtype=torch.float64), torch.randn(24, 40, generator=g, dtype=torch.float64)
+    b = torch.randn(24, generator=g, dtype=torch.float64) if bias else None
+    wants = {"x": grads != "weights only", "w": grads != "frozen weight"}
+    ours = [t.float().requires_grad_(want) for t, want in ((x, wants["x"]), (w, wants["w"]))]
+    ours.append(b.float().requires_grad_(wants["w"]) if bias else None)
+    ref = [t.clone().requires_grad_(want) for t, want in ((x, wants["x"]), (w, wants["w"]))]
+    ref.append(b.clone().requires_grad_(wants["w"]) if bias else None)
+    y = L.linear(*ours, "gelu")
+    y.sum().backward()  # stride-0 gradient
+    yr = F.gelu(F.linear(*ref))
+    yr.sum().backward()
+    torch.testing.assert_close(y.double(), yr.detach(), atol=1e-5, rtol=1e-5)
+    assert len(onednn) == 1 + sum(wants.values())
+    for a, r in zip(ours, ref):
+        if r is not None and r.requires_grad:
+            torch.testing.assert_close(a.grad.double(), r.grad, atol=1e-4, rtol=1e-5)
+        elif a is not None:
+            assert a.grad is None
 
 
 def test_eligible_under_no_grad_with_trainable_weights(onednn):
@@ -80,8 +111,12 @@ def test_eligible_under_no_grad_with_trainable_weights(onednn):
     with torch.inference_mode():
         layer(x)
     assert len(onednn) == 2
-    layer(x).sum().backward()  # grad mode: F.linear, with a gradient
-    assert len(onednn) == 2 and layer.weight.grad is not None
+    layer(x).sum().backward()  # grad mode: forward and the weight's gradient (x needs none)
+    assert len(onednn) == 4 and layer.weight.grad is not None
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|twice"):
+        y = layer(x.requires_grad_(True)).square().sum()
+        gx, = torch.autograd.grad(y, x, create_graph=True)
+        gx.sum().backward()
 
 
 def test_cpu_gemm_setting(monkeypatch):
@@ -141,4 +176,4 @@ def test_info_reports_the_choice(monkeypatch):
     from fastbert import info
 
     monkeypatch.setenv("FASTBERT_CPU_GEMM", "torch")
-    assert info.collect()["CPU fp32 dense layers"].startswith("PyTorch's GEMM (MKL) in inference (FASTBERT_CPU_GEMM=torch")
+    assert info.collect()["CPU fp32 dense layers"].startswith("PyTorch's GEMM (MKL) (FASTBERT_CPU_GEMM=torch")

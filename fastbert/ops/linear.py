@@ -7,15 +7,17 @@ every x86 PyTorch build, ran the same fp32 GEMMs at 256-422 GFLOP/s (``benchmark
 layer here runs oneDNN's fp32 GEMM (``torch.ops.mkldnn._linear_pointwise``, the op Inductor's CPU backend emits,
 same IEEE fp32 arithmetic, summed in another order) when all of these hold, else ``F.linear``:
 
-* CPU fp32 tensors of plain ``torch.Tensor`` type, not under ``torch.compile``/export tracing or ``torch.jit``;
-* no gradient flows (inference, or frozen weights): the op has no autograd formula;
+* CPU fp32 tensors of plain ``torch.Tensor`` type, not under ``torch.compile``/export tracing, ``torch.jit``,
+  ``torch.func`` transforms or CPU autocast (which would run the layer in bf16);
 * at least :data:`MIN_ROWS` rows (a handful of tokens: the primitive's set-up cost more than MKL's GEMM);
 * :func:`cpu_gemm` is "onednn": ``FASTBERT_CPU_GEMM`` = "onednn" / "torch", or "auto" (default) = whichever ran
   faster in a one-time measurement on this machine (about 20 ms, on the first eligible call), so a CPU where MKL is
   the faster one keeps it.
 
-An activation after the GEMM (GELU, exact or tanh, and ReLU) is applied by oneDNN as a post-op, in the GEMM's output
-tile: the [tokens, 4*hidden] activation pass of the feed-forward block goes away.
+When no gradient flows, an activation after the GEMM (GELU, exact or tanh, and ReLU) is applied by oneDNN as a
+post-op, in the GEMM's output tile: the [tokens, 4*hidden] activation pass of the feed-forward block goes away. When
+gradients flow (training), :class:`_OneDNNLinear` runs the forward and both backward GEMMs on oneDNN (the op has no
+autograd formula of its own) and the activation stays torch's.
 """
 from __future__ import annotations
 
@@ -81,18 +83,50 @@ def cpu_gemm() -> tuple[str, str]:
     return _choose(os.environ.get("FASTBERT_CPU_GEMM", "auto"))
 
 
-def _onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+def _onednn_mode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+    """None (run F.linear), "inference" (oneDNN, no gradient) or "autograd" (oneDNN forward and backward)."""
     if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2:
-        return False
-    if weight.dtype != torch.float32 or weight.device.type != "cpu" or (bias is not None and bias.dtype != x.dtype):
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return False
+        return None
+    if type(weight) not in (torch.Tensor, nn.Parameter) or weight.dtype != torch.float32 \
+            or weight.device.type != "cpu" or (bias is not None and (bias.dtype != x.dtype or bias.dim() != 1)):
+        return None
     if x.numel() < MIN_ROWS * x.shape[-1] or torch.compiler.is_compiling() or torch.jit.is_scripting() \
-            or torch.jit.is_tracing():
-        return False
-    return cpu_gemm()[0] == "onednn"
+            or torch.jit.is_tracing() or torch.is_autocast_enabled("cpu") or _functorch_active(x):
+        return None
+    if cpu_gemm()[0] != "onednn":
+        return None
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    return "autograd" if grad else "inference"
+
+
+def _functorch_active(x: torch.Tensor) -> bool:
+    # under torch.func transforms (vmap, grad) the op has no batching rule: leave those calls to F.linear
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(wrapped(x)) if wrapped is not None else False
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b on oneDNN; backward: dx = dy W and dW = dy^T x on oneDNN too (strided views, no copies of x or
+    W), db = sum of dy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_op()(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        op = _onednn_op()
+        dy = dy.contiguous()  # e.g. the stride-0 gradient of a sum
+        dy2 = dy.reshape(-1, dy.shape[-1])  # [tokens, out]
+        dx = op(dy, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None
+        dw = op(dy2.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "") if ctx.needs_input_grad[1] else None
+        db = dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
 
 
 def activation(name: str, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
@@ -109,10 +143,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            act: str | None = None) -> torch.Tensor:
     """``activation(act, F.linear(x, weight, bias))`` (``act`` None: no activation), on oneDNN where this module's
     rule says so (the activation then as its post-op)."""
-    if _onednn_eligible(x, weight, bias):
+    mode = _onednn_mode(x, weight, bias)
+    if mode == "inference":
         post, algorithm = _ONEDNN_ACT[act] if act is not None else ("none", "")
         return _onednn_op()(x, weight, bias, post, [], algorithm)
-    y = F.linear(x, weight, bias)
+    y = _OneDNNLinear.apply(x, weight, bias) if mode == "autograd" else F.linear(x, weight, bias)
     if act is None:
         return y
     # a fresh output: overwrite it when no gradient flows (one [tokens, features] allocation fewer)
@@ -121,7 +156,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Would :func:`linear` run oneDNN for these tensors here?"""
-    return _onednn_eligible(x, weight, bias)
+    return _onednn_mode(x, weight, bias) is not None
 
 
 class Linear(nn.Linear):
