@@ -112,44 +112,64 @@ def run_encoder(device: torch.device | None = None, quick: bool = False, model: 
     config_kwargs = CONFIGS[model]
     rows: list[dict] = []
     reference_weights = None
-    cases = [(p, m, L) for L in max_lens for p in _providers(device) for m in ("fwd", "fwd+bwd")]
-    for provider, mode, max_len in tqdm(cases, desc="bench_bert", leave=False):
+    cases = [(L, m) for L in max_lens for m in ("fwd", "fwd+bwd")]
+    for max_len, mode in tqdm(cases, desc="bench_bert", leave=False):
         lengths = harness.imdb_like_lengths(batch, max_len, seed=max_len)
         seqlen = int(lengths.max())
         mask = harness.lengths_to_mask(lengths, seqlen).to(device)
         g = torch.Generator().manual_seed(1)
         ids = (torch.randint(1000, 30000, (batch, seqlen), generator=g).to(device) * mask)
-        row = {"bench": "bert", "part": "encoder", "provider": provider, "mode": mode, "shape": f"{model} {batch}x{seqlen}", "max_len": max_len,
-               "real_tokens": int(lengths.sum()), "dtype": harness.dtype_name(dtype)}
-        rows.append(row)
-        with harness.noted(row, failures=False):
-            net = _build(provider, config_kwargs, device, ids, reference_weights)
-            if reference_weights is None:
-                reference_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            if mode == "fwd":
-                net = net.eval().to(dtype)
-
-                def step():
-                    with torch.no_grad():
-                        net(input_ids=ids, attention_mask=mask)
-            else:
-                net = net.train()
-                autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
-                def step():
-                    with autocast:
-                        out = net(input_ids=ids, attention_mask=mask)[0]
-                    out.float().square().mean().backward()
-            t = harness.bench_fn(step, device, warmup_ms=200, rep_ms=1000, cpu_rep_ms=300)
-            row.update(t)
-            row["real_tokens_per_s"] = row["real_tokens"] / (t["ms"] / 1e3)
-            row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
+        timed = []  # (row, step, model) of the providers that run here
+        for provider in _providers(device):
+            row = {"bench": "bert", "part": "encoder", "provider": provider, "mode": mode,
+                   "shape": f"{model} {batch}x{seqlen}", "max_len": max_len, "real_tokens": int(lengths.sum()),
+                   "dtype": harness.dtype_name(dtype)}
+            rows.append(row)
+            with harness.noted(row, failures=False):
+                net = _build(provider, config_kwargs, device, ids, reference_weights)
+                if reference_weights is None:
+                    reference_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                timed.append((row, _encoder_step(net, mode, dtype, ids, mask), net))
+        _time_rows(timed, device, cpu_rep_ms=300, min_reps=3)
+        for row, _, net in timed:
             _note_unpadding(row, net, mask)
-            del net
+        del timed
         harness.release(device)
     harness.add_speedups(rows, "fastbert-eager")
     harness.add_speedups(rows, "hf-sdpa")
     return rows
+
+
+def _encoder_step(net, mode: str, dtype: torch.dtype, ids: torch.Tensor, mask: torch.Tensor):
+    if mode == "fwd":
+        net = net.eval().to(dtype)
+
+        def step():
+            with torch.no_grad():
+                net(input_ids=ids, attention_mask=mask)
+        return step
+    net = net.train()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ids.is_cuda else contextlib.nullcontext()
+
+    def step():
+        with autocast:
+            out = net(input_ids=ids, attention_mask=mask)[0]
+        out.float().square().mean().backward()
+    return step
+
+
+def _time_rows(timed: list, device: torch.device, cpu_rep_ms: float, min_reps: int) -> None:
+    """Time the steps of ``timed`` [(row, step, ...)] against each other (``harness.bench_interleaved``: alternating
+    rounds on CPU, where the machine's drift would otherwise favour whichever provider ran first) and fill in each
+    row's statistics, real tokens/s and CUDA peak memory."""
+    if not timed:
+        return
+    stats = harness.bench_interleaved({row["provider"]: step for row, step, *_ in timed}, device, rep_ms=1000,
+                                      cpu_rep_ms=cpu_rep_ms, min_reps=min_reps)
+    for row, step, *_ in timed:
+        row.update(stats[row["provider"]])
+        row["real_tokens_per_s"] = row["real_tokens"] / (row["ms"] / 1e3)
+        row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
 
 
 PRETRAIN_PROVIDERS = ["fastbert-fused", "fastbert-fused-packed", "fastbert-sdpa", "fastbert-eager", "hf-eager",
@@ -179,6 +199,22 @@ def _pretrain_batch(batch: int, max_len: int, device: torch.device, vocab: int =
     return lengths, to(padded), to(packed), padded_positions.to(device), packed_positions.to(device)
 
 
+def _train_step(net, inputs: dict, compiled: bool):
+    """One AdamW step of ``net`` on ``inputs`` (bf16 autocast on CUDA)."""
+    cuda = next(net.parameters()).is_cuda
+    fwd = torch.compile(net) if compiled else net
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    def step():
+        with autocast:
+            loss = fwd(**inputs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
 def run_pretrain(device: torch.device, quick: bool = False, model: str | None = None,
                  batch: int | None = None, max_lens: tuple[int, ...] | None = None) -> list[dict]:
     import fastbert
@@ -192,48 +228,41 @@ def run_pretrain(device: torch.device, quick: bool = False, model: str | None = 
     peak = peak_flops(device)
     rows: list[dict] = []
     init = fastbert.BertForPreTraining(fastbert.BertConfig(**config_kwargs)).state_dict()
-    cases = [(p, L) for L in max_lens for p in PRETRAIN_PROVIDERS]
-    for provider, max_len in tqdm(cases, desc="bench_bert pretrain", leave=False):
+    for max_len in tqdm(max_lens, desc="bench_bert pretrain", leave=False):
         lengths, padded, packed, pad_pos, pack_pos = _pretrain_batch(batch, max_len, device)
-        row = {"bench": "bert", "part": "pretrain", "provider": provider, "mode": "train step",
-               "shape": f"{model} {batch}x{int(lengths.max())}", "max_len": max_len, "real_tokens": int(lengths.sum())}
-        rows.append(row)
-        with harness.noted(row):
-            family, impl = provider.split("-")[:2]
-            if provider.endswith("compile"):
-                harness.require_cuda(device, "compile time dominates a CPU smoke run")
-            if family == "fastbert":
-                harness.fastbert_path(impl, device, padded["input_ids"])
-                net = fastbert.BertForPreTraining(fastbert.BertConfig(**config_kwargs, attn_implementation=impl))
-                net.bert.check_inputs = False
-                inputs = dict(packed, masked_positions=pack_pos) if provider.endswith("packed") else dict(
-                    padded, masked_positions=pad_pos)
-            else:
-                import transformers
+        timed = []  # (row, step, model, inputs) of the providers that run here
+        for provider in PRETRAIN_PROVIDERS:
+            row = {"bench": "bert", "part": "pretrain", "provider": provider, "mode": "train step",
+                   "shape": f"{model} {batch}x{int(lengths.max())}", "max_len": max_len,
+                   "real_tokens": int(lengths.sum())}
+            rows.append(row)
+            with harness.noted(row):
+                family, impl = provider.split("-")[:2]
+                if provider.endswith("compile"):
+                    harness.require_cuda(device, "compile time dominates a CPU smoke run")
+                if family == "fastbert":
+                    harness.fastbert_path(impl, device, padded["input_ids"])
+                    net = fastbert.BertForPreTraining(fastbert.BertConfig(**config_kwargs, attn_implementation=impl))
+                    net.bert.check_inputs = False
+                    inputs = dict(packed, masked_positions=pack_pos) if provider.endswith("packed") else dict(
+                        padded, masked_positions=pad_pos)
+                else:
+                    import transformers
 
-                net = transformers.BertForPreTraining(fastbert.BertConfig(**config_kwargs).to_hf(attn_implementation=impl))
-                inputs = padded
-            net.load_state_dict(init, strict=False)
-            net = net.to(device).train()
-            fwd = torch.compile(net) if provider.endswith("compile") else net
-            opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
-            def step():
-                with autocast:
-                    loss = fwd(**inputs).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            t = harness.bench_fn(step, device, warmup_ms=500, rep_ms=2000, cpu_rep_ms=300)
-            row.update(t)
-            row["real_tokens_per_s"] = row["real_tokens"] / (t["ms"] / 1e3)
-            row["mfu"] = pretrain_flops(config_kwargs, lengths) / (t["ms"] / 1e3) / peak if peak else None
-            row["peak_mem_mb"] = harness.peak_memory_mb(step, device)
+                    net = transformers.BertForPreTraining(
+                        fastbert.BertConfig(**config_kwargs).to_hf(attn_implementation=impl))
+                    inputs = padded
+                net.load_state_dict(init, strict=False)
+                net = net.to(device).train()
+                step = _train_step(net, inputs, compiled=provider.endswith("compile"))
+                step()  # a provider that fails, fails here, in its own row
+                timed.append((row, step, net, inputs))
+        _time_rows(timed, device, cpu_rep_ms=600, min_reps=5)
+        for row, _, net, inputs in timed:
+            row["mfu"] = pretrain_flops(config_kwargs, lengths) / (row["ms"] / 1e3) / peak if peak else None
             if "attention_mask" in inputs:
                 _note_unpadding(row, net, padded["attention_mask"])
-            del net, opt, fwd
+        del timed
         harness.release(device)
     harness.add_speedups(rows, "fastbert-eager", group=("max_len",))
     harness.add_speedups(rows, "hf-sdpa", group=("max_len",))
@@ -260,15 +289,16 @@ def run_unpad_sweep(device: torch.device, quick: bool = False) -> list[dict]:
         mask = harness.lengths_to_mask(lengths, seqlen).to(device)
         ids = torch.randint(1000, 30000, (batch, seqlen), device=device) * mask
         frac = 1.0 - float(mask.float().mean())
-        times = {}
-        for unpad in ("never", "always"):
+
+        def fwd(unpad: str) -> None:
             net.unpad = unpad
+            with torch.no_grad():
+                net(ids, mask)
 
-            def fwd():
-                with torch.no_grad():
-                    net(ids, mask)
-
-            times[unpad] = harness.bench_fn(fwd, device, warmup_ms=100, rep_ms=500, cpu_rep_ms=300)["ms"]
+        # alternating rounds: on CPU the two forms see the same drift (see harness.bench_interleaved)
+        stats = harness.bench_interleaved({u: (lambda u=u: fwd(u)) for u in ("never", "always")}, device,
+                                          rep_ms=500, cpu_rep_ms=600, min_reps=5)
+        times = {u: st["ms"] for u, st in stats.items()}
         rule = "unpads" if path.unpads(int(lengths.sum()), mask.numel()) else "keeps padding"
         rows.append({"bench": "bert", "part": "unpad sweep", "provider": f"fastbert-{path.name}", "mode": "fwd",
                      "shape": f"{model} {batch}x{seqlen} pad={frac:.2f}", "real_tokens": int(lengths.sum()),

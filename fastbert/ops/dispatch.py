@@ -31,7 +31,9 @@ PATHS = ("eager", "sdpa", "fused")
 # Measured with the unpad sweep of benchmarks/bench_bert.py (README, Benchmarks). "sdpa" (the CPU default): on the
 # 2-core x86 CPU, MiniLM / BERT-base 8 x 256 fp32 inference, padded/unpadded time is 0.89x / 0.96x with no padding
 # (the gather, scatter and per-sequence calls cost more than a mask-free padded batch), 1.02x / 1.11x at 3%,
-# 1.12x / 1.20x at 12.5%: break-even lies below 3%. "fused": 10%, to be re-measured on a GPU.
+# 1.12x / 1.20x at 12.5%: break-even lies below 3%. Re-measured with the dense layers on oneDNN (fastbert.ops.linear,
+# twice as fast here, so the gather/scatter weigh more), MiniLM, interleaved rounds: 0.97x at 0%, 1.08x at 6%, 1.12x
+# at 12.5%: the break-even still lies below 6%. "fused": 10%, to be re-measured on a GPU.
 UNPAD_MIN_PADDING = {"eager": None, "sdpa": 0.03, "fused": 0.10}
 
 

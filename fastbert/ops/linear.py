@@ -90,7 +90,7 @@ def _onednn_mode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if type(weight) not in (torch.Tensor, nn.Parameter) or weight.dtype != torch.float32 \
             or weight.device.type != "cpu" or (bias is not None and (bias.dtype != x.dtype or bias.dim() != 1)):
         return None
-    if x.numel() < MIN_ROWS * x.shape[-1] or torch.compiler.is_compiling() or torch.jit.is_scripting() \
+    if x.shape[-1] == 0 or x.numel() < MIN_ROWS * x.shape[-1] or torch.compiler.is_compiling() or torch.jit.is_scripting() \
             or torch.jit.is_tracing() or torch.is_autocast_enabled("cpu") or _functorch_active(x):
         return None
     if cpu_gemm()[0] != "onednn":
