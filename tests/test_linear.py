@@ -177,3 +177,16 @@ def test_info_reports_the_choice(monkeypatch):
 
     monkeypatch.setenv("FASTBERT_CPU_GEMM", "torch")
     assert info.collect()["CPU fp32 dense layers"].startswith("PyTorch's GEMM (MKL) (FASTBERT_CPU_GEMM=torch")
+
+
+@pytest.mark.parametrize("setting", ["auto", "onednn"])
+def test_choosing_leaves_the_global_generator_alone(monkeypatch, setting):
+    """The choice is made on the first eligible call, in the middle of a training run: it must not move torch's
+    global random stream (dropout masks would then depend on when it happened, and a resumed run would differ)."""
+    monkeypatch.setenv("FASTBERT_CPU_GEMM", setting)
+    L._choose.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    L.cpu_gemm()
+    assert torch.equal(torch.rand(4), expected)
