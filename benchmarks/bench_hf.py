@@ -127,10 +127,9 @@ def _time(models, part: str, shape: str, ids, mask, device, rows, **extra) -> No
 
 def _packed_calls(model) -> int:
     """How many forwards of a patched transformers model ran its layers padding-free (fastbert.hf.PaddingFree)."""
-    from fastbert.hf import PaddingFree
+    from fastbert.hf import padding_free_of
 
-    return sum(h.__self__.packed for m in model.modules() for h in m._forward_pre_hooks.values()
-               if isinstance(getattr(h, "__self__", None), PaddingFree))
+    return sum(hooks.packed for hooks in map(padding_free_of, model.modules()) if hooks is not None)
 
 
 def run_imdb(device: torch.device, quick: bool = False) -> list[dict]:

@@ -90,17 +90,7 @@ def bench_fn(fn: Callable[[], Any], device: torch.device, *, warmup_ms: float = 
 
         med, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
         return {"ms": med, "ms_p20": p20, "ms_p80": p80}
-    rep_ms = rep_ms if cpu_rep_ms is None else cpu_rep_ms
-    fn()  # warm-up (first-call allocations, lazy init)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start) * 1e3 < rep_ms:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * (len(times) - 1) + 0.5))]  # noqa: E731
-    return {"ms": statistics.median(times), "ms_p20": q(0.2), "ms_p80": q(0.8)}
+    return _bench_cpu({"fn": fn}, rep_ms if cpu_rep_ms is None else cpu_rep_ms, min_reps)["fn"]
 
 
 def bench_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, *, rep_ms: float = 500.0,
@@ -113,7 +103,12 @@ def bench_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, *
     device = torch.device(device)
     if device.type == "cuda":
         return {name: bench_fn(fn, device, rep_ms=rep_ms, min_reps=min_reps) for name, fn in fns.items()}
-    rep_ms = rep_ms if cpu_rep_ms is None else cpu_rep_ms
+    return _bench_cpu(fns, rep_ms if cpu_rep_ms is None else cpu_rep_ms, min_reps)
+
+
+def _bench_cpu(fns: dict[str, Callable[[], Any]], rep_ms: float, min_reps: int) -> dict[str, dict[str, float]]:
+    """One warm-up call each (first-call allocations, lazy init), then rounds of one call each, the order rotating,
+    until each has ``min_reps`` calls and the rounds took ``rep_ms`` per function; median and 20/80% quantiles."""
     names = list(fns)
     for name in names:
         fns[name]()  # warm-up

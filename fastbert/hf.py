@@ -470,7 +470,7 @@ def _install_padding_free(hf_model, path) -> str:
         return f"no (the {path.name!r} path keeps padded batches padded)"
     stack = _encoder_stack(base)
     level, stack = ("stack", stack) if stack is not None else ("model", base)
-    if any(isinstance(getattr(h, "__self__", None), PaddingFree) for h in stack._forward_pre_hooks.values()):
+    if padding_free_of(stack) is not None:
         return f"yes ({name}, already hooked)"
     param = next(base.parameters(), None)
     probe = _probe_batch(base.config, param.device if param is not None else "cpu")
@@ -515,6 +515,14 @@ def _probe_mismatch(ref, out, real) -> str | None:
         if not isinstance(b, torch.Tensor) or a.shape != b.shape or not torch.allclose(a.float(), b.float(), atol=tol,
                                                                                          rtol=tol):
             return f"packed layers differ from padded ones on a probe batch ({field})"
+    return None
+
+
+def padding_free_of(module) -> PaddingFree | None:
+    """The :class:`PaddingFree` hooked on ``module`` by :func:`patch`, or None."""
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(getattr(hook, "__self__", None), PaddingFree):
+            return hook.__self__
     return None
 
 
@@ -720,10 +728,9 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
     act(dense(x)), LayerNorm(act(dense(x))) or a LayerNorm on its own get a forward calling the path's kernels: fused
     Triton kernels on "fused"; on "sdpa"/"eager" transformers' own operations, done in place when no gradient flows
     (one [tokens, features] allocation fewer each). Every module of exactly the class ``nn.Linear`` gets
-    ``fastbert.ops.Linear``'s forward (oneDNN's GEMM on CPU in fp32 where ``fastbert.ops.linear.cpu_gemm``
-    picked it; ``F.linear`` otherwise). Padded batches then run the layers
-    padding-free (:class:`PaddingFree`) from the path's measured padding threshold, where a probe batch shows the
-    family allows it. Returns a :class:`PatchReport`; raises ValueError, naming the class, for a model it cannot run
+    ``fastbert.ops.Linear``'s forward (oneDNN's GEMM on CPU in fp32 where ``fastbert.ops.linear.cpu_gemm`` picked
+    it; ``F.linear`` otherwise). Padded batches then run the layers padding-free (:class:`PaddingFree`) from the
+    path's measured padding threshold, where a probe batch shows the family allows it. Returns a :class:`PatchReport`; raises ValueError, naming the class, for a model it cannot run
     correctly (a decoder: causal attention).
     """
     from torch import nn
@@ -764,17 +771,18 @@ def patch(model, attn_implementation: str = "auto") -> PatchReport:
         module.__class__ = _patched_class(nn.Linear, "linear")
     routed = [m for m in models if getattr(m.config, "_attn_implementation", None) == NAME]
     padding_free = "; ".join(_install_padding_free(m, path) for m in routed) or "no (attention not routed)"
-    return PatchReport(model, path.name, attention, swapped, padding_free, _dense_report(len(linears)))
+    return PatchReport(model, path.name, attention, swapped, padding_free,
+                       _dense_report(len(linears), first.device if first is not None else None))
 
 
-def _dense_report(linears: int) -> str:
-    from .ops.linear import cpu_gemm
-
+def _dense_report(linears: int, device) -> str:
     if not linears:
         return "no nn.Linear"
-    gemm, why = cpu_gemm()
-    on_cpu = "oneDNN" if gemm == "onednn" else "PyTorch's default (MKL)"
-    return f"{linears} nn.Linear run fastbert.ops.linear (on CPU in fp32: {on_cpu} GEMM, {why})"
+    if device is not None and device.type != "cpu":  # the CPU choice (a measurement) is not asked for then
+        return f"{linears} nn.Linear run fastbert.ops.linear (F.linear on {device.type}; oneDNN only on CPU fp32)"
+    from .ops.linear import describe
+
+    return f"{linears} nn.Linear run fastbert.ops.linear (on CPU in fp32: {describe()})"
 
 
 def unpatch(model):

@@ -55,11 +55,9 @@ def collect() -> dict[str, str]:
     else:
         kernels = "PyTorch reference path (" + triton_why + ")"
     info["fused ops run"] = kernels
-    from fastbert.ops.linear import cpu_gemm
+    from fastbert.ops.linear import describe
 
-    gemm, why = cpu_gemm()
-    info["CPU fp32 dense layers"] = ("oneDNN GEMM" if gemm == "onednn" else "PyTorch's GEMM (MKL)") + \
-        f" ({why}; FASTBERT_CPU_GEMM=auto|onednn|torch)"
+    info["CPU fp32 dense layers"] = f"{describe()}; FASTBERT_CPU_GEMM=auto|onednn|torch"
     info["import fastbert"] = f"{import_seconds() * 1e3:.0f} ms (Triton and torch load on first use)"
     return info
 

@@ -63,7 +63,7 @@ def test_ineligible_calls_run_f_linear(onednn, monkeypatch, case):
         x = x.as_subclass(type("Sub", (torch.Tensor,), {}))
     else:
         monkeypatch.setenv("FASTBERT_CPU_GEMM", "torch")
-    assert not L.onednn_applies(x, w, b)
+    assert L._onednn_mode(x, w, b) is None
     y = L.linear(x, w, b, "gelu")
     assert not onednn
     torch.testing.assert_close(y.as_subclass(torch.Tensor), F.gelu(F.linear(x, w, b)).as_subclass(torch.Tensor))
@@ -137,10 +137,10 @@ def test_dense_keeps_hooks_and_subclasses(onednn):
     plain = nn.Linear(8, 4)
     seen = []
     with torch.no_grad():
-        L.dense(plain, x, "gelu")
+        L.dense(x, plain, "gelu")
         assert len(onednn) == 1 and onednn[0][0] == "gelu"
         handle = plain.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
-        out = L.dense(plain, x, "gelu")
+        out = L.dense(x, plain, "gelu")
         handle.remove()
         assert len(seen) == 1 and torch.allclose(out, F.gelu(seen[0]))
 
@@ -149,7 +149,7 @@ def test_dense_keeps_hooks_and_subclasses(onednn):
                 return 2 * super().forward(input)
 
         doubled = Doubled(8, 4)
-        torch.testing.assert_close(L.dense(doubled, x), 2 * F.linear(x, doubled.weight, doubled.bias))
+        torch.testing.assert_close(L.dense(x, doubled), 2 * F.linear(x, doubled.weight, doubled.bias))
 
 
 def test_fastbert_model_uses_it_and_keeps_state_dict_keys(onednn, tiny_config, monkeypatch):

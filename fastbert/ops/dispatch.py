@@ -76,7 +76,7 @@ class Kernels(NamedTuple):
 # ----------------------------------------------------------------------------------------------------------------
 def _project_qkv(hidden, query: nn.Linear, key: nn.Linear, value: nn.Linear, heads: int):
     heads_shape = hidden.shape[:-1] + (heads, query.out_features // heads)  # not -1: zero tokens must reshape too
-    return tuple(dense(proj, hidden).view(heads_shape) for proj in (query, key, value))  # [..., heads, head_dim] each
+    return tuple(dense(hidden, proj).view(heads_shape) for proj in (query, key, value))  # [..., heads, head_dim] each
 
 
 def _padded_only(fn: Callable) -> Callable:
@@ -123,12 +123,6 @@ def _layer_norm(x, ln: nn.LayerNorm):
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
-def _dense_act(x, layer: nn.Linear, act: str):
-    # oneDNN GEMM with the activation as post-op on CPU where fastbert.ops.linear's rule says so; else the layer,
-    # then the activation (in place when no gradient flows)
-    return dense(layer, x, act)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # fused entries: fastbert's ops (Triton kernels, or their references where Triton cannot run)
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,7 +151,7 @@ def _fused_kernels() -> Kernels:
 
     def dense_act(x, layer: nn.Linear, act: str):
         if act not in GELU_APPROXIMATE:
-            return _dense_act(x, layer, act)  # relu: nothing to fuse
+            return dense(x, layer, act)  # relu: nothing to fuse
         # the bias add moves out of the GEMM into the GELU kernel
         return bias_gelu(linear(x, layer.weight), layer.bias, approximate=GELU_APPROXIMATE[act])
 
@@ -171,9 +165,9 @@ def kernels(path: str) -> Kernels:
         return _fused_kernels()
     if path == "eager":
         return Kernels("eager", _project_qkv, _padded_only(reference.eager_attention), _add_layer_norm, _layer_norm,
-                       _dense_act)
+                       dense)
     if path == "sdpa":
-        return Kernels("sdpa", _project_qkv, _sdpa_attention, _add_layer_norm, _layer_norm, _dense_act)
+        return Kernels("sdpa", _project_qkv, _sdpa_attention, _add_layer_norm, _layer_norm, dense)
     raise ValueError(f"unknown path {path!r} (one of {PATHS})")
 
 

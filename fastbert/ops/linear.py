@@ -87,6 +87,13 @@ def cpu_gemm() -> tuple[str, str]:
     return _choose(os.environ.get("FASTBERT_CPU_GEMM", "auto"))
 
 
+def describe() -> str:
+    """The CPU GEMM choice in words, with its reason (``fastbert.info``, ``PatchReport.dense``)."""
+    gemm, why = cpu_gemm()
+    label = "oneDNN GEMM" if gemm == "onednn" else "PyTorch's GEMM (MKL)"
+    return f"{label} ({why})"
+
+
 def _onednn_mode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
     """None (run F.linear), "inference" (oneDNN, no gradient) or "autograd" (oneDNN forward and backward)."""
     if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2:
@@ -143,6 +150,11 @@ def activation(name: str, x: torch.Tensor, in_place: bool = False) -> torch.Tens
     return F.gelu(x, approximate=GELU_APPROXIMATE[name])
 
 
+def _activate(y: torch.Tensor, act: str | None) -> torch.Tensor:
+    # y is a dense layer's fresh output: overwritten when no gradient flows (one [tokens, features] allocation fewer)
+    return y if act is None else activation(act, y, in_place=not y.requires_grad)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            act: str | None = None) -> torch.Tensor:
     """``activation(act, F.linear(x, weight, bias))`` (``act`` None: no activation), on oneDNN where this module's
@@ -151,16 +163,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if mode == "inference":
         post, algorithm = _ONEDNN_ACT[act] if act is not None else ("none", "")
         return _onednn_op()(x, weight, bias, post, [], algorithm)
-    y = _OneDNNLinear.apply(x, weight, bias) if mode == "autograd" else F.linear(x, weight, bias)
-    if act is None:
-        return y
-    # a fresh output: overwrite it when no gradient flows (one [tokens, features] allocation fewer)
-    return activation(act, y, in_place=not y.requires_grad)
-
-
-def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Would :func:`linear` run oneDNN for these tensors here?"""
-    return _onednn_mode(x, weight, bias) is not None
+    return _activate(_OneDNNLinear.apply(x, weight, bias) if mode == "autograd" else F.linear(x, weight, bias), act)
 
 
 class Linear(nn.Linear):
@@ -181,11 +184,11 @@ def _hooked(module: nn.Module) -> bool:
                 or module_globals._global_forward_pre_hooks)
 
 
-def dense(module: nn.Module, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
-    """``activation(act, module(x))`` for a dense layer: through :func:`linear` (oneDNN, activation as post-op,
-    where the rule says so) when ``module`` computes a plain linear layer and has no forward hooks, else through its
-    own call (a subclass such as a quantized or adapter layer keeps what it does; hooks see its output)."""
+def dense(x: torch.Tensor, module: nn.Module, act: str | None = None) -> torch.Tensor:
+    """``activation(act, module(x))`` for a dense layer (the sdpa/eager paths' ``dense_act`` entry): through
+    :func:`linear` (oneDNN, activation as post-op, where the rule says so) when ``module`` computes a plain linear
+    layer and has no forward hooks, else through its own call (a subclass such as a quantized or adapter layer keeps
+    what it does; hooks see its output)."""
     if type(module).forward in _PLAIN_FORWARDS and not _hooked(module):
         return linear(x, module.weight, module.bias, act)
-    y = module(x)
-    return y if act is None else activation(act, y, in_place=not y.requires_grad)
+    return _activate(module(x), act)
