@@ -126,8 +126,23 @@ def test_cpu_gemm_setting(monkeypatch):
     monkeypatch.setenv("FASTBERT_CPU_GEMM", "torch")
     assert L.cpu_gemm() == ("torch", "FASTBERT_CPU_GEMM=torch")
     monkeypatch.delenv("FASTBERT_CPU_GEMM")
-    gemm, why = L.cpu_gemm()  # auto: measured once on this machine, whichever wins
-    assert gemm in ("onednn", "torch") and why.startswith("measured: MKL "), why
+    for vendor, gemm in (("AuthenticAMD", "onednn"), ("GenuineIntel", "torch"), ("", "torch")):
+        monkeypatch.setattr(L, "_cpu_vendor", lambda v=vendor: v)  # auto: a fixed rule on the CPU vendor
+        L._choose.cache_clear()
+        assert L.cpu_gemm()[0] == gemm, vendor
+    L._choose.cache_clear()
+
+
+def test_cpu_vendor_reads_this_machine():
+    import os
+    import platform
+
+    vendor = L._cpu_vendor()
+    assert vendor == "" or vendor.isalnum(), vendor
+    if platform.machine() == "x86_64" and os.path.exists("/proc/cpuinfo"):
+        for name in ("AuthenticAMD", "GenuineIntel"):
+            if name in open("/proc/cpuinfo").read():
+                assert vendor == name
 
 
 def test_dense_keeps_hooks_and_subclasses(onednn):

@@ -10,9 +10,11 @@ same IEEE fp32 arithmetic, summed in another order) when all of these hold, else
 * CPU fp32 tensors of plain ``torch.Tensor`` type, not under ``torch.compile``/export tracing, ``torch.jit``,
   ``torch.func`` transforms or CPU autocast (which would run the layer in bf16);
 * at least :data:`MIN_ROWS` rows (a handful of tokens: the primitive's set-up cost more than MKL's GEMM);
-* :func:`cpu_gemm` is "onednn": ``FASTBERT_CPU_GEMM`` = "onednn" / "torch", or "auto" (default) = oneDNN when it
-  ran at least 20% faster (:data:`ONEDNN_MARGIN`) in a one-time measurement on this machine (about 20 ms, on the
-  first eligible call, with its own random generator), so a CPU where MKL is as fast keeps it.
+* :func:`cpu_gemm` is "onednn": ``FASTBERT_CPU_GEMM`` = "onednn" / "torch", or "auto" (default) = oneDNN on AMD
+  x86 CPUs (``vendor_id`` AuthenticAMD), where MKL's sgemm was measured at half of oneDNN's speed, and PyTorch's
+  own GEMM everywhere else (MKL on Intel CPUs is Intel's tuned path; other CPUs were not measured). A fixed rule, not
+  a timing: a measurement taken while the machine is busy can come out either way, and two processes that chose
+  differently would sum differently (a resumed training run would not repeat its losses bit for bit).
 
 When no gradient flows, an activation after the GEMM (GELU, exact or tanh, and ReLU) is applied by oneDNN as a
 post-op, in the GEMM's output tile: the [tokens, 4*hidden] activation pass of the feed-forward block goes away. When
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import os
-import time
+import platform
+import re
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +35,6 @@ from torch import nn
 from ..config import GELU_APPROXIMATE
 
 MIN_ROWS = 16
-# "auto" takes oneDNN only when it is clearly faster: a near tie would let two processes of one machine choose
-# differently (and sum differently: a resumed training run would not repeat the losses bit for bit)
-ONEDNN_MARGIN = 0.8
 CHOICES = ("auto", "onednn", "torch")
 _ONEDNN_ACT = {"relu": ("relu", ""), **{name: ("gelu", approx) for name, approx in GELU_APPROXIMATE.items()}}
 
@@ -61,24 +61,23 @@ def _choose(setting: str) -> tuple[str, str]:
         return "torch", f"oneDNN's linear op is not callable here ({type(exc).__name__})"
     if setting == "onednn":
         return "onednn", "FASTBERT_CPU_GEMM=onednn"
-    t_torch, t_onednn = _measure(op)
-    faster = "onednn" if t_onednn < ONEDNN_MARGIN * t_torch else "torch"
-    return faster, f"measured: MKL {t_torch * 1e3:.2f} ms, oneDNN {t_onednn * 1e3:.2f} ms (512x384 @ 384x1536 fp32)"
+    vendor = _cpu_vendor()
+    if vendor == "AuthenticAMD":
+        return "onednn", "AMD CPU: MKL's sgemm runs at about half of oneDNN's speed there"
+    return "torch", f"{vendor or 'unknown'} CPU: PyTorch's GEMM (oneDNN is chosen on AMD CPUs)"
 
 
-def _measure(op, rounds: int = 5) -> tuple[float, float]:
-    """Best-of-``rounds`` seconds of F.linear and of oneDNN's op on a BERT feed-forward GEMM, timed alternately."""
-    gen = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*s, generator=gen) for s in ((512, 384), (1536, 384), (1536,)))
-    best = {"torch": float("inf"), "onednn": float("inf")}
-    with torch.no_grad():
-        for i in range(rounds + 1):
-            for name, fn in (("torch", lambda: F.linear(x, w, b)), ("onednn", lambda: op(x, w, b, "none", [], ""))):
-                t = time.perf_counter()
-                fn()
-                if i:  # the first round warms both up
-                    best[name] = min(best[name], time.perf_counter() - t)
-    return best["torch"], best["onednn"]
+def _cpu_vendor() -> str:
+    """The x86 ``vendor_id`` of this machine's CPU ("AuthenticAMD", "GenuineIntel", ...), or "" (not x86, unknown)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            found = re.search(r"^vendor_id\s*:\s*(\S+)", f.read(1 << 16), re.MULTILINE)
+        return found.group(1) if found else ""
+    except OSError:  # not Linux: Windows names the vendor in the processor string
+        processor = platform.processor()
+        return next((v for v in ("AuthenticAMD", "GenuineIntel") if v in processor), "")
 
 
 def cpu_gemm() -> tuple[str, str]:
